@@ -1,0 +1,343 @@
+//! Avro values in the Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro binary)
+//! through a Confluent-compatible schema registry, with `TopicRecordNameStrategy` subjects
+//! (`<topic>-<record full name>`) so one topic carries several event types.
+//!
+//! Invariants:
+//! - Encoding resolves the schema id once per subject and caches it (schema_registry_converter's
+//!   cache); with `auto_register` on, the first use registers the schema, otherwise the subject's
+//!   latest registered version is used and a missing subject is an error.
+//! - Decoding never panics: a bad magic byte, an unknown schema id or truncated bytes is a
+//!   [`CodecError::Decode`] that says whether a retry could help (registry unreachable) or not.
+//! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
+
+use std::path::Path;
+
+use apache_avro::types::Value;
+use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
+use schema_registry_converter::async_impl::schema_registry::SrSettings;
+use schema_registry_converter::error::SRCError;
+use schema_registry_converter::schema_registry_common::{
+    SchemaType, SubjectNameStrategy, SuppliedSchema,
+};
+
+use crate::config::RegistrySettings;
+
+/// A codec failure.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A schema file could not be read or is not valid Avro.
+    #[error("schema {origin}: {reason}")]
+    Schema {
+        /// File path or schema name.
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A value could not be encoded (it does not match its schema, or the registry refused it).
+    #[error("encode {subject}: {reason}")]
+    Encode {
+        /// Registry subject.
+        subject: String,
+        /// What went wrong.
+        reason: String,
+        /// A later attempt may succeed (the registry was unreachable).
+        retriable: bool,
+    },
+    /// Bytes could not be decoded.
+    #[error("decode: {reason}")]
+    Decode {
+        /// What went wrong.
+        reason: String,
+        /// A later attempt may succeed (the registry was unreachable).
+        retriable: bool,
+    },
+}
+
+impl CodecError {
+    /// A later attempt may succeed.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            CodecError::Schema { .. } => false,
+            CodecError::Encode { retriable, .. } | CodecError::Decode { retriable, .. } => {
+                *retriable
+            }
+        }
+    }
+}
+
+fn describe(e: &SRCError) -> String {
+    match &e.cause {
+        Some(cause) => format!("{}: {cause}", e.error),
+        None => e.error.clone(),
+    }
+}
+
+/// An Avro record schema, parsed and named.
+#[derive(Debug, Clone)]
+pub struct RecordSchema {
+    full_name: String,
+    json: String,
+    parsed: apache_avro::Schema,
+}
+
+impl RecordSchema {
+    /// Parses a record schema from its JSON text.
+    pub fn parse(origin: &str, json: &str) -> Result<RecordSchema, CodecError> {
+        let err = |reason: String| CodecError::Schema {
+            origin: origin.to_string(),
+            reason,
+        };
+        let parsed = apache_avro::Schema::parse_str(json).map_err(|e| err(e.to_string()))?;
+        let full_name = match &parsed {
+            apache_avro::Schema::Record(r) => r.name.fullname(None),
+            other => return Err(err(format!("top level is {other:?}, not a record"))),
+        };
+        Ok(RecordSchema {
+            full_name,
+            json: json.to_string(),
+            parsed,
+        })
+    }
+
+    /// Reads and parses an `.avsc` file.
+    pub fn load(path: &Path) -> Result<RecordSchema, CodecError> {
+        let origin = path.display().to_string();
+        let json = std::fs::read_to_string(path).map_err(|e| CodecError::Schema {
+            origin: origin.clone(),
+            reason: e.to_string(),
+        })?;
+        RecordSchema::parse(&origin, &json)
+    }
+
+    /// Full name, e.g. `io.onceflow.events.LeadCaptured`.
+    pub fn full_name(&self) -> &str {
+        &self.full_name
+    }
+
+    /// The parsed schema, for validation and Avro schema resolution.
+    pub fn schema(&self) -> &apache_avro::Schema {
+        &self.parsed
+    }
+
+    /// The registry subject of this record on `topic` under `TopicRecordNameStrategy`.
+    pub fn subject(&self, topic: &str) -> String {
+        format!("{topic}-{}", self.full_name)
+    }
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decoded {
+    /// Full name of the writer's record schema, when the registry named it.
+    pub record_name: Option<String>,
+    /// The value, in the writer's schema.
+    pub value: Value,
+}
+
+/// Encoder and decoder sharing one registry connection.
+#[derive(Debug)]
+pub struct AvroCodec {
+    encoder: AvroEncoder,
+    decoder: AvroDecoder,
+    auto_register: bool,
+}
+
+impl AvroCodec {
+    /// A codec for the configured registry.
+    pub fn new(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
+        let sr = SrSettings::new_builder(settings.url.clone())
+            .set_timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| CodecError::Schema {
+                origin: settings.url.clone(),
+                reason: describe(&e),
+            })?;
+        Ok(AvroCodec {
+            encoder: AvroEncoder::new(sr.clone()),
+            decoder: AvroDecoder::new(sr),
+            auto_register: settings.auto_register,
+        })
+    }
+
+    fn strategy(&self, topic: &str, schema: &RecordSchema) -> SubjectNameStrategy {
+        if self.auto_register {
+            SubjectNameStrategy::TopicRecordNameStrategyWithSchema(
+                topic.to_string(),
+                SuppliedSchema::new(
+                    Some(schema.full_name.clone()),
+                    SchemaType::Avro,
+                    schema.json.clone(),
+                ),
+            )
+        } else {
+            SubjectNameStrategy::TopicRecordNameStrategy(
+                topic.to_string(),
+                schema.full_name.clone(),
+            )
+        }
+    }
+
+    /// Encodes `value` (a record of `schema`) for `topic` in the Confluent wire format.
+    pub async fn encode(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        value: Value,
+    ) -> Result<Vec<u8>, CodecError> {
+        if !value.validate(&schema.parsed) {
+            return Err(CodecError::Encode {
+                subject: schema.subject(topic),
+                reason: "value does not match the schema".into(),
+                retriable: false,
+            });
+        }
+        self.encoder
+            .encode_value(value, &self.strategy(topic, schema))
+            .await
+            .map_err(|e| CodecError::Encode {
+                subject: schema.subject(topic),
+                reason: describe(&e),
+                retriable: e.retriable,
+            })
+    }
+
+    /// Decodes Confluent wire-format bytes with the writer's schema from the registry.
+    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+        let (id, datum) = split_wire_format(bytes)?;
+        let writer = self
+            .decoder
+            .get_schema(id)
+            .await
+            .map_err(|e| CodecError::Decode {
+                reason: format!("schema id {id}: {}", describe(&e)),
+                retriable: e.retriable,
+            })?;
+        let value = decode_datum(&writer.parsed, datum).map_err(|reason| CodecError::Decode {
+            reason: format!("schema id {id}: {reason}"),
+            retriable: false,
+        })?;
+        let record_name = match &writer.parsed {
+            apache_avro::Schema::Record(r) => Some(r.name.fullname(None)),
+            _ => None,
+        };
+        Ok(Decoded { record_name, value })
+    }
+}
+
+/// Splits Confluent wire-format bytes into the schema id and the Avro datum.
+pub fn split_wire_format(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
+    match bytes {
+        [0, a, b, c, d, datum @ ..] => Ok((u32::from_be_bytes([*a, *b, *c, *d]), datum)),
+        _ => Err(CodecError::Decode {
+            reason: format!(
+                "not Confluent wire format ({} bytes, first byte {:?})",
+                bytes.len(),
+                bytes.first()
+            ),
+            retriable: false,
+        }),
+    }
+}
+
+/// Decodes one Avro datum strictly: every byte must be consumed, and the value must account for
+/// every byte. apache-avro reads a union whose index is missing at end of input as `null` (and a
+/// plain reader may fill unread fields with `Null`), so a truncated record would otherwise decode
+/// "successfully"; re-encoding the value and comparing lengths catches that, because a missing
+/// field costs at least one byte when written back. Writers that use the canonical single-block
+/// encoding (Java, Confluent, Go and Python clients) always pass.
+pub fn decode_datum(writer: &apache_avro::Schema, datum: &[u8]) -> Result<Value, String> {
+    use apache_avro::reader::datum::GenericDatumReader;
+    use apache_avro::writer::datum::GenericDatumWriter;
+
+    let invalid = "truncated or corrupt: the bytes do not hold a whole record of the writer schema";
+    let mut cursor = std::io::Cursor::new(datum);
+    let value = GenericDatumReader::builder(writer)
+        .build()
+        .and_then(|r| r.read_value(&mut cursor))
+        .map_err(|e| e.to_string())?;
+    let consumed = cursor.position() as usize;
+    if consumed != datum.len() {
+        return Err(format!(
+            "{} trailing bytes after the record",
+            datum.len() - consumed
+        ));
+    }
+    // The datum writer validates the value against the schema before writing it. Its returned
+    // count leaves out union indexes (apache-avro 0.22), so count what reaches the writer instead.
+    let mut rewritten = Vec::with_capacity(datum.len());
+    GenericDatumWriter::builder(writer)
+        .build()
+        .and_then(|w| w.write_value_ref(&mut rewritten, &value))
+        .map_err(|e| format!("{invalid} ({e})"))?;
+    if rewritten.len() != datum.len() {
+        return Err(invalid.into());
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCHEMA: &str = r#"{"type":"record","name":"R","namespace":"t","fields":[
+        {"name":"a","type":"string"},
+        {"name":"b","type":["null","string"],"default":null},
+        {"name":"c","type":"long"},
+        {"name":"d","type":["null","long"],"default":null}]}"#;
+
+    fn record() -> Value {
+        Value::Record(vec![
+            ("a".into(), Value::String("hello".into())),
+            (
+                "b".into(),
+                Value::Union(1, Box::new(Value::String("world".into()))),
+            ),
+            ("c".into(), Value::Long(123_456)),
+            ("d".into(), Value::Union(1, Box::new(Value::Long(7)))),
+        ])
+    }
+
+    fn encode(schema: &apache_avro::Schema) -> Vec<u8> {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(record())
+            .unwrap()
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
+        let datum = encode(&schema);
+        assert_eq!(decode_datum(&schema, &datum).unwrap(), record());
+        for len in 0..datum.len() {
+            assert!(
+                decode_datum(&schema, &datum[..len]).is_err(),
+                "{len} of {} bytes decoded",
+                datum.len()
+            );
+        }
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
+        let mut datum = encode(&schema);
+        datum.push(0);
+        assert!(
+            decode_datum(&schema, &datum)
+                .unwrap_err()
+                .contains("trailing")
+        );
+    }
+
+    #[test]
+    fn wire_format_needs_magic_byte_and_id() {
+        assert_eq!(
+            split_wire_format(&[0, 0, 0, 1, 2, 9]).unwrap(),
+            (258, &[9u8][..])
+        );
+        assert!(split_wire_format(&[1, 0, 0, 1, 2, 9]).is_err());
+        assert!(split_wire_format(&[0, 0, 0]).is_err());
+    }
+}

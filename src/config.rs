@@ -1,0 +1,520 @@
+//! Settings: one TOML file plus `ONCEFLOW__SECTION__KEY` environment overrides, validated once at
+//! start-up into typed [`Settings`] that are passed down to every role.
+//!
+//! Invariants:
+//! - Nothing below `main` reads the environment or a file for configuration; it receives `Settings`.
+//! - A bad value stops start-up with a [`ConfigError`] whose message names the offending key in its
+//!   dotted form (`kafka.bootstrap_servers`), whatever layer (file or environment) supplied it.
+//! - Names that end up inside topic or group names (namespace, adapters, input topics) are checked
+//!   against Kafka's legal topic characters here, so the names module never builds an illegal name.
+//! - Secrets never live in the file: later sections read them from the environment or a file path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Prefix of environment overrides; `__` separates nesting levels (`ONCEFLOW__KAFKA__BOOTSTRAP_SERVERS`).
+pub const ENV_PREFIX: &str = "ONCEFLOW__";
+
+/// The longest topic name Kafka accepts.
+const MAX_TOPIC_NAME: usize = 249;
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file or an override could not be parsed into the expected shape.
+    #[error("configuration: {0}")]
+    Load(Box<figment::Error>),
+    /// A value parsed but is not acceptable.
+    #[error("configuration key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the key, e.g. `topics.partitions`.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(e: figment::Error) -> Self {
+        ConfigError::Load(Box::new(e))
+    }
+}
+
+/// Validated settings for every role.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Prefix of every topic and group name onceflow owns (DESIGN.md §3, default `onceflow`).
+    pub namespace: String,
+    /// Broker connection and client tuning.
+    pub kafka: KafkaSettings,
+    /// Schema registry connection.
+    pub registry: RegistrySettings,
+    /// Topic layout.
+    pub topics: TopicSettings,
+    /// Retry tiers shared by the process and deliver stages.
+    pub retry: RetrySettings,
+    /// Enabled adapters by name, in name order.
+    pub adapters: BTreeMap<String, AdapterSettings>,
+}
+
+/// Broker connection and client tuning.
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    /// `host:port` list.
+    pub bootstrap_servers: String,
+    /// Client id prefix; the role is appended.
+    pub client_id: String,
+    /// Upper bound of one Kafka transaction before the coordinator aborts it.
+    pub transaction_timeout: Duration,
+    /// librdkafka's bound on one produce request being acknowledged.
+    pub message_timeout: Duration,
+    /// Consumer session timeout: how long a silent member keeps its partitions.
+    pub session_timeout: Duration,
+}
+
+/// Schema registry connection.
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    /// Base URL, e.g. `http://127.0.0.1:8081`.
+    pub url: String,
+    /// Register a schema on first use; turn off in production where schemas are registered by CI.
+    pub auto_register: bool,
+}
+
+/// Topic layout.
+#[derive(Debug, Clone)]
+pub struct TopicSettings {
+    /// Topics services publish events to.
+    pub inputs: Vec<String>,
+    /// Partitions of every topic onceflow creates (changelogs must match the topic they shadow).
+    pub partitions: i32,
+    /// Replication factor of every topic onceflow creates.
+    pub replication_factor: i32,
+    /// Retention of dead-letter and audit topics.
+    pub dlq_retention: Duration,
+}
+
+/// Retry tiers: attempt n+1 waits `tiers[n-1]` (with full jitter) on topic `…retry.n`.
+#[derive(Debug, Clone)]
+pub struct RetrySettings {
+    /// Delay before each retry attempt; its length is the number of retry topics per stage.
+    pub tiers: Vec<Duration>,
+}
+
+/// Per-adapter settings.
+#[derive(Debug, Clone, Default)]
+pub struct AdapterSettings {
+    /// Base URL of the external system the adapter talks to, when it has one configured.
+    pub base_url: Option<String>,
+}
+
+// ----- raw (as parsed) shapes; every field defaults so that a partial file plus env works -----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    namespace: String,
+    kafka: RawKafka,
+    registry: RawRegistry,
+    topics: RawTopics,
+    retry: RawRetry,
+    adapters: BTreeMap<String, RawAdapter>,
+}
+
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            namespace: "onceflow".into(),
+            kafka: RawKafka::default(),
+            registry: RawRegistry::default(),
+            topics: RawTopics::default(),
+            retry: RawRetry::default(),
+            adapters: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawKafka {
+    bootstrap_servers: String,
+    client_id: String,
+    transaction_timeout_ms: u64,
+    message_timeout_ms: u64,
+    session_timeout_ms: u64,
+}
+
+impl Default for RawKafka {
+    fn default() -> Self {
+        RawKafka {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            client_id: "onceflow".into(),
+            transaction_timeout_ms: 60_000,
+            message_timeout_ms: 30_000,
+            session_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRegistry {
+    url: String,
+    auto_register: bool,
+}
+
+impl Default for RawRegistry {
+    fn default() -> Self {
+        RawRegistry {
+            url: "http://127.0.0.1:8081".into(),
+            auto_register: true,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTopics {
+    inputs: Vec<String>,
+    partitions: i32,
+    replication_factor: i32,
+    dlq_retention_ms: u64,
+}
+
+impl Default for RawTopics {
+    fn default() -> Self {
+        RawTopics {
+            inputs: vec!["events".into()],
+            partitions: 6,
+            replication_factor: 1,
+            dlq_retention_ms: 30 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetry {
+    tiers_ms: Vec<u64>,
+}
+
+impl Default for RawRetry {
+    fn default() -> Self {
+        RawRetry {
+            tiers_ms: vec![1_000, 10_000, 60_000],
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdapter {
+    base_url: Option<String>,
+}
+
+impl Settings {
+    /// Loads `path` (when given) under the environment overrides and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError::Invalid {
+                    key: "--config".into(),
+                    reason: format!("no such file: {}", path.display()),
+                });
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        Self::from_figment(figment.merge(Env::prefixed(ENV_PREFIX).split("__")))
+    }
+
+    /// Parses settings from TOML text alone (no environment): for tests and embedding.
+    pub fn from_toml_str(toml: &str) -> Result<Settings, ConfigError> {
+        Self::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
+        let raw: Raw = figment.extract()?;
+        validate(raw)
+    }
+
+    /// Names of the enabled adapters, in name order.
+    pub fn adapter_names(&self) -> impl Iterator<Item = &str> {
+        self.adapters.keys().map(String::as_str)
+    }
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Accepts a name part that will be embedded in topic and group names.
+fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() {
+        return Err(invalid(key, "must not be empty"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "._-".contains(*c)))
+    {
+        return Err(invalid(
+            key,
+            format!("`{value}` has `{c}`; use only a-z, A-Z, 0-9, '.', '_', '-'"),
+        ));
+    }
+    if value.len() > MAX_TOPIC_NAME / 2 {
+        return Err(invalid(
+            key,
+            format!("`{value}` is longer than {} characters", MAX_TOPIC_NAME / 2),
+        ));
+    }
+    Ok(())
+}
+
+fn millis(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    if ms < min || ms > max {
+        return Err(invalid(key, format!("{ms} ms is outside {min}..={max} ms")));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+fn validate(raw: Raw) -> Result<Settings, ConfigError> {
+    check_name("namespace", &raw.namespace)?;
+
+    let k = raw.kafka;
+    if k.bootstrap_servers.trim().is_empty() {
+        return Err(invalid(
+            "kafka.bootstrap_servers",
+            "must list at least one host:port",
+        ));
+    }
+    for server in k.bootstrap_servers.split(',') {
+        let ok = server.trim().rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+        });
+        if !ok {
+            return Err(invalid(
+                "kafka.bootstrap_servers",
+                format!("`{server}` is not host:port"),
+            ));
+        }
+    }
+    check_name("kafka.client_id", &k.client_id)?;
+    // The broker caps transaction.timeout.ms at transaction.max.timeout.ms (15 min by default).
+    let transaction_timeout = millis(
+        "kafka.transaction_timeout_ms",
+        k.transaction_timeout_ms,
+        1_000,
+        900_000,
+    )?;
+    let message_timeout = millis(
+        "kafka.message_timeout_ms",
+        k.message_timeout_ms,
+        1_000,
+        900_000,
+    )?;
+    if message_timeout > transaction_timeout {
+        return Err(invalid(
+            "kafka.message_timeout_ms",
+            "must not exceed kafka.transaction_timeout_ms (librdkafka refuses it)",
+        ));
+    }
+    let session_timeout = millis(
+        "kafka.session_timeout_ms",
+        k.session_timeout_ms,
+        1_000,
+        300_000,
+    )?;
+
+    let r = raw.registry;
+    if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
+        return Err(invalid(
+            "registry.url",
+            format!("`{}` is not an http(s) URL", r.url),
+        ));
+    }
+
+    let t = raw.topics;
+    if t.inputs.is_empty() {
+        return Err(invalid(
+            "topics.inputs",
+            "must name at least one input topic",
+        ));
+    }
+    for (i, name) in t.inputs.iter().enumerate() {
+        check_name(&format!("topics.inputs[{i}]"), name)?;
+    }
+    if !(1..=10_000).contains(&t.partitions) {
+        return Err(invalid(
+            "topics.partitions",
+            format!("{} is outside 1..=10000", t.partitions),
+        ));
+    }
+    if !(1..=16).contains(&t.replication_factor) {
+        return Err(invalid(
+            "topics.replication_factor",
+            format!("{} is outside 1..=16", t.replication_factor),
+        ));
+    }
+    let dlq_retention = millis(
+        "topics.dlq_retention_ms",
+        t.dlq_retention_ms,
+        60_000,
+        u64::MAX / 2,
+    )?;
+
+    if raw.retry.tiers_ms.is_empty() || raw.retry.tiers_ms.len() > 10 {
+        return Err(invalid(
+            "retry.tiers_ms",
+            "must list between 1 and 10 delays",
+        ));
+    }
+    let tiers = raw
+        .retry
+        .tiers_ms
+        .iter()
+        .enumerate()
+        .map(|(i, ms)| millis(&format!("retry.tiers_ms[{i}]"), *ms, 1, 86_400_000))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if raw.adapters.is_empty() {
+        return Err(invalid(
+            "adapters",
+            "enable at least one adapter, e.g. [adapters.crm]",
+        ));
+    }
+    let mut adapters = BTreeMap::new();
+    for (name, a) in raw.adapters {
+        check_name(&format!("adapters.{name}"), &name)?;
+        if let Some(url) = &a.base_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(invalid(
+                format!("adapters.{name}.base_url"),
+                format!("`{url}` is not an http(s) URL"),
+            ));
+        }
+        adapters.insert(
+            name,
+            AdapterSettings {
+                base_url: a.base_url,
+            },
+        );
+    }
+
+    Ok(Settings {
+        namespace: raw.namespace,
+        kafka: KafkaSettings {
+            bootstrap_servers: k.bootstrap_servers,
+            client_id: k.client_id,
+            transaction_timeout,
+            message_timeout,
+            session_timeout,
+        },
+        registry: RegistrySettings {
+            url: r.url.trim_end_matches('/').to_string(),
+            auto_register: r.auto_register,
+        },
+        topics: TopicSettings {
+            inputs: t.inputs,
+            partitions: t.partitions,
+            replication_factor: t.replication_factor,
+            dlq_retention,
+        },
+        retry: RetrySettings { tiers },
+        adapters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[adapters.crm]\n";
+
+    #[test]
+    fn defaults_fill_a_minimal_file() {
+        let s = Settings::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(s.namespace, "onceflow");
+        assert_eq!(s.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(s.topics.inputs, vec!["events".to_string()]);
+        assert_eq!(s.retry.tiers.len(), 3);
+        assert_eq!(s.adapter_names().collect::<Vec<_>>(), vec!["crm"]);
+    }
+
+    fn err_key(toml: &str) -> String {
+        match Settings::from_toml_str(toml) {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        assert_eq!(err_key("namespace = 'a b'\n[adapters.crm]"), "namespace");
+        assert_eq!(
+            err_key("[kafka]\nbootstrap_servers = 'nohost'\n[adapters.crm]"),
+            "kafka.bootstrap_servers"
+        );
+        assert_eq!(
+            err_key("[topics]\npartitions = 0\n[adapters.crm]"),
+            "topics.partitions"
+        );
+        assert_eq!(
+            err_key("[retry]\ntiers_ms = []\n[adapters.crm]"),
+            "retry.tiers_ms"
+        );
+        assert_eq!(
+            err_key("[retry]\ntiers_ms = [1000, 0]\n[adapters.crm]"),
+            "retry.tiers_ms[1]"
+        );
+        assert_eq!(err_key("[adapters.'c/rm']"), "adapters.c/rm");
+        assert_eq!(
+            err_key("[adapters.crm]\nbase_url = 'ftp://x'"),
+            "adapters.crm.base_url"
+        );
+        assert_eq!(
+            err_key("[registry]\nurl = '127.0.0.1:8081'\n[adapters.crm]"),
+            "registry.url"
+        );
+        assert_eq!(err_key(""), "adapters");
+    }
+
+    #[test]
+    fn parse_errors_name_the_key() {
+        let err =
+            Settings::from_toml_str("[topics]\npartitions = 'six'\n[adapters.crm]").unwrap_err();
+        assert!(err.to_string().contains("topics.partitions"), "{err}");
+        let err =
+            Settings::from_toml_str("[kafka]\nbootstrap = 'x:1'\n[adapters.crm]").unwrap_err();
+        assert!(err.to_string().contains("bootstrap"), "{err}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type, not ours
+    fn environment_overrides_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "o.toml",
+                "[kafka]\nbootstrap_servers = 'a:1'\n[adapters.crm]\n",
+            )?;
+            jail.set_env("ONCEFLOW__KAFKA__BOOTSTRAP_SERVERS", "b:2");
+            jail.set_env("ONCEFLOW__TOPICS__PARTITIONS", "3");
+            let s = Settings::load(Some(Path::new("o.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.kafka.bootstrap_servers, "b:2");
+            assert_eq!(s.topics.partitions, 3);
+            jail.set_env("ONCEFLOW__TOPICS__PARTITIONS", "-1");
+            let err = Settings::load(Some(Path::new("o.toml"))).unwrap_err();
+            assert!(err.to_string().contains("topics.partitions"), "{err}");
+            Ok(())
+        });
+    }
+}

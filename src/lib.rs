@@ -1,0 +1,30 @@
+//! onceflow: an exactly-once event pipeline on Kafka.
+//!
+//! ```text
+//!  webhook / service ──► ingest ──► events (Avro, Confluent wire format)
+//!                                      │  one consumer group per adapter: <ns>.<adapter>.process
+//!                                      ▼
+//!                                  processor ── one Kafka transaction per batch: dedupe changes,
+//!                                      │        outbox commands, retry/DLQ records, input offsets
+//!                                      ▼
+//!                              <ns>.<adapter>.outbox ──► dispatcher ──► external API
+//!                                                            │  ledger + results + offsets in one
+//!                                                            ▼  transaction
+//!                                   <ns>.<adapter>.<stage>.retry.<n> ──► … ──► <ns>.<adapter>.<stage>.dlq
+//! ```
+//!
+//! Every arrow into a topic from a processor or dispatcher is inside that stage's transaction, and
+//! every consumer reads with `isolation.level=read_committed`. The full design is DESIGN.md.
+//!
+//! Modules:
+//! - [`config`]: settings from TOML and `ONCEFLOW__SECTION__KEY`, validated once.
+//! - [`kafka`]: client configs, topic and group names, admin, transactional helpers.
+//! - [`codec`]: Avro in the Confluent wire format through a schema registry.
+//! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
+//! - [`telemetry`]: structured logging set-up.
+
+pub mod codec;
+pub mod config;
+pub mod kafka;
+pub mod ops;
+pub mod telemetry;

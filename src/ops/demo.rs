@@ -1,0 +1,220 @@
+//! The demo's transactional round trip: produce a few records, then consume → transform → produce
+//! with the consumer's offsets inside the same transaction, and show what a `read_committed` reader
+//! and the group's committed offsets say afterwards.
+//!
+//! Invariants:
+//! - One run's outputs and its input offsets become visible together, in one commit, or not at all.
+//! - Runs share one group (`<ns>.demo.roundtrip`), so a second run resumes after the first one's
+//!   committed offsets instead of transforming old records again.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Settings;
+use crate::kafka::admin::{Admin, AdminError};
+use crate::kafka::client::{self, Isolation, StartAt};
+use crate::kafka::names::{Cleanup, Names, Stage, TopicSpec};
+use crate::kafka::txn::{OffsetTracker, TxError, TxProducer, group_metadata};
+
+/// How long the demo waits for records before it gives up.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A failed demo run.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// A Kafka client call failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A transactional call failed.
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    /// Creating the demo topics failed.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    /// Records did not arrive in time.
+    #[error("timed out after {WAIT:?} waiting for {0}")]
+    Timeout(&'static str),
+    /// A blocking call was cancelled.
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// What one round trip did.
+#[derive(Debug)]
+pub struct RoundTrip {
+    /// Input topic.
+    pub input: String,
+    /// Output topic.
+    pub output: String,
+    /// Records produced to the input topic this run.
+    pub produced: usize,
+    /// Records the transaction consumed (this run's, plus any earlier run left unprocessed).
+    pub transformed: usize,
+    /// Next offset per input partition, as sent with the transaction.
+    pub sent_offsets: BTreeMap<i32, i64>,
+    /// The group's committed offsets afterwards, for the same partitions.
+    pub committed_offsets: BTreeMap<i32, i64>,
+    /// This run's outputs that a `read_committed` reader sees.
+    pub visible_outputs: usize,
+    /// Time from the first consumed record to the end of the commit.
+    pub transaction_time: Duration,
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// Runs the round trip with `count` records.
+pub async fn round_trip(settings: &Settings, count: usize) -> Result<RoundTrip, DemoError> {
+    let names = Names::new(settings);
+    let (input, output) = names.demo_topics();
+    let spec = |name: &String| TopicSpec {
+        name: name.clone(),
+        partitions: settings.topics.partitions,
+        replication_factor: settings.topics.replication_factor,
+        cleanup: Cleanup::Delete(None),
+    };
+    Admin::new(&settings.kafka)?
+        .create(&[spec(&input), spec(&output)])
+        .await?;
+
+    // 1. Publish this run's records with the idempotent producer.
+    let run = format!("run-{}", unix_millis());
+    let producer: FutureProducer = client::producer(&settings.kafka, "demo.publish").create()?;
+    for i in 0..count {
+        let key = format!("{run}-{i}");
+        let value = format!("{{\"run\":\"{run}\",\"n\":{i},\"text\":\"hello from onceflow\"}}");
+        producer
+            .send(
+                FutureRecord::to(&input).key(&key).payload(&value),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+    }
+
+    // 2. Consume → transform → produce, offsets in the same transaction.
+    let (group, reader_group) = names.demo_groups();
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        client::consumer(
+            &settings.kafka,
+            "demo.transform",
+            &group,
+            Isolation::ReadCommitted,
+            StartAt::Earliest,
+        )
+        .create()?,
+    );
+    consumer.subscribe(&[&input])?;
+    let tx_id = names.transactional_id("demo", Stage::Process, "0");
+    let tx = TxProducer::init(&settings.kafka, "demo.transform", &tx_id).await?;
+
+    let mut tracker = OffsetTracker::new();
+    let mut seen_this_run = 0;
+    let mut transformed = 0;
+    let deadline = Instant::now() + WAIT;
+    let mut started: Option<Instant> = None;
+    while seen_this_run < count {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let message = match tokio::time::timeout(remaining, consumer.recv()).await {
+            Ok(m) => m?,
+            Err(_) => return Err(DemoError::Timeout("the demo's input records")),
+        };
+        if started.is_none() {
+            started = Some(Instant::now());
+            tx.begin().await?;
+        }
+        let upper = message
+            .payload()
+            .map(|p| String::from_utf8_lossy(p).to_uppercase())
+            .unwrap_or_default();
+        let key = message.key().unwrap_or_default();
+        tx.send(FutureRecord::to(&output).key(key).payload(&upper))?;
+        tracker.consumed(&message);
+        transformed += 1;
+        if key.starts_with(run.as_bytes()) {
+            seen_this_run += 1;
+        }
+    }
+    let offsets = tracker.take()?;
+    let sent_offsets = partition_offsets(&offsets);
+    tx.send_offsets(offsets.clone(), group_metadata(consumer.as_ref())?)
+        .await?;
+    tx.commit().await?;
+    let transaction_time = started.map_or(Duration::ZERO, |s| s.elapsed());
+
+    // 3. What the group committed, and what a read_committed reader sees.
+    let c = Arc::clone(&consumer);
+    let committed =
+        tokio::task::spawn_blocking(move || c.committed_offsets(offsets, Duration::from_secs(10)))
+            .await??;
+    let committed_offsets = partition_offsets(&committed);
+    let visible_outputs = count_visible(settings, &reader_group, &output, &run, count).await?;
+
+    Ok(RoundTrip {
+        input,
+        output,
+        produced: count,
+        transformed,
+        sent_offsets,
+        committed_offsets,
+        visible_outputs,
+        transaction_time,
+    })
+}
+
+fn partition_offsets(tpl: &TopicPartitionList) -> BTreeMap<i32, i64> {
+    tpl.elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Counts this run's records on `topic` as a `read_committed` reader sees them.
+async fn count_visible(
+    settings: &Settings,
+    group: &str,
+    topic: &str,
+    run: &str,
+    expect: usize,
+) -> Result<usize, DemoError> {
+    let reader: StreamConsumer = client::consumer(
+        &settings.kafka,
+        "demo.reader",
+        group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()?;
+    let mut assignment = TopicPartitionList::new();
+    for p in 0..settings.topics.partitions {
+        assignment.add_partition_offset(topic, p, Offset::Beginning)?;
+    }
+    reader.assign(&assignment)?;
+    let mut seen = 0;
+    let deadline = Instant::now() + WAIT;
+    while seen < expect {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(remaining, reader.recv()).await {
+            Ok(m) => {
+                if m?.key().is_some_and(|k| k.starts_with(run.as_bytes())) {
+                    seen += 1;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    Ok(seen)
+}

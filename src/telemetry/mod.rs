@@ -1,0 +1,30 @@
+//! Structured logging set-up (and, as roles arrive, metric names and the exporter).
+//!
+//! Invariants:
+//! - Logs go to stderr, so stdout stays free for a command's own output (reports, JSON).
+//! - The level comes from `RUST_LOG` (default `info`); the format is chosen once at start-up.
+//! - Nothing logs raw event payloads: they carry PII.
+
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object a line, for machines.
+    Json,
+    /// Human-readable lines, for a terminal.
+    Text,
+}
+
+/// Installs the global subscriber; a second call is a no-op.
+pub fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // try_init fails only when a subscriber is already installed, which is fine.
+    let _ = match format {
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
+}
