@@ -1,0 +1,42 @@
+# onceflow — the README's two set-up commands are `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+CONFIG ?= deploy/local/onceflow.toml
+STACK  := deploy/local/stack
+BIN    := target/debug/onceflow
+export ONCEFLOW_CONFIG := $(CONFIG)
+
+.PHONY: demo test build lint stack-up stack-down stack-status
+
+## demo: start the local stack, create the topics, run the pipeline on sample events.
+demo: stack-up build
+	@echo "== topics"
+	$(BIN) topics create
+	@echo "== transactional round trip"
+	$(BIN) demo
+
+## test: start the local stack (if down) and run every test; prints the total at the end.
+test: stack-up
+	@mkdir -p target
+	@status=0; cargo test --locked --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
+	awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } \
+	     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test.log; \
+	exit $$status
+
+build:
+	cargo build --locked
+
+## lint: formatting and clippy, as CI runs them.
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --locked --all-targets -- -D warnings
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status

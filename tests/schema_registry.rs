@@ -1,0 +1,123 @@
+//! The codec against the real schema registry: a schema from `schemas/` registered through
+//! schema_registry_converter, a value encoded in the Confluent wire format and decoded back equal.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
+
+mod common;
+
+use std::path::Path;
+
+use apache_avro::types::Value;
+use onceflow::codec::{AvroCodec, CodecError, RecordSchema};
+
+fn some(s: &str) -> Value {
+    Value::Union(1, Box::new(Value::String(s.into())))
+}
+
+fn lead() -> Value {
+    let meta = Value::Record(vec![
+        ("event_id".into(), Value::String("evt-1".into())),
+        ("source".into(), Value::String("demo".into())),
+        ("source_event_id".into(), Value::String("form-42".into())),
+        ("type".into(), Value::String("LeadCaptured".into())),
+        (
+            "occurred_at".into(),
+            Value::TimestampMillis(1_763_900_000_000),
+        ),
+        (
+            "received_at".into(),
+            Value::TimestampMillis(1_763_900_000_123),
+        ),
+        ("correlation_id".into(), Value::String("corr-1".into())),
+        ("schema_version".into(), Value::Int(1)),
+    ]);
+    Value::Record(vec![
+        ("meta".into(), meta),
+        ("email".into(), Value::String("ada@example.com".into())),
+        ("first_name".into(), some("Ada")),
+        ("last_name".into(), Value::Union(0, Box::new(Value::Null))),
+        ("company".into(), some("Analytical Engines")),
+        ("phone".into(), Value::Union(0, Box::new(Value::Null))),
+        ("form_id".into(), Value::String("contact-us".into())),
+        ("consent_marketing".into(), Value::Boolean(true)),
+    ])
+}
+
+#[tokio::test]
+async fn a_schema_from_the_folder_round_trips_through_the_registry() {
+    let s = common::settings();
+    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    assert_eq!(schema.full_name(), "io.onceflow.events.LeadCaptured");
+    let topic = &s.topics.inputs[0];
+    let codec = AvroCodec::new(&s.registry).unwrap();
+
+    let bytes = codec.encode(topic, &schema, lead()).await.unwrap();
+    assert_eq!(bytes[0], 0, "Confluent magic byte");
+    let id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
+
+    // A second encoder (no shared cache) gets the same id: the schema is registered under the
+    // TopicRecordNameStrategy subject, not merely cached.
+    let other = AvroCodec::new(&s.registry).unwrap();
+    let again = other.encode(topic, &schema, lead()).await.unwrap();
+    assert_eq!(u32::from_be_bytes(again[1..5].try_into().unwrap()), id);
+
+    // A fresh decoder must fetch the writer schema by id from the registry.
+    let decoded = AvroCodec::new(&s.registry)
+        .unwrap()
+        .decode(&bytes)
+        .await
+        .unwrap();
+    assert_eq!(decoded.value, lead());
+    assert_eq!(
+        decoded.record_name.as_deref(),
+        Some("io.onceflow.events.LeadCaptured")
+    );
+}
+
+#[tokio::test]
+async fn undecodable_bytes_are_typed_errors_not_panics() {
+    let s = common::settings();
+    let codec = AvroCodec::new(&s.registry).unwrap();
+
+    for garbage in [
+        &b""[..],
+        &b"\x01\x00\x00\x00\x01abc"[..],
+        &b"{\"json\":true}"[..],
+        &b"\x00\x00"[..],
+    ] {
+        match codec.decode(garbage).await {
+            Err(e @ CodecError::Decode { .. }) => assert!(!e.is_retriable(), "{e}"),
+            other => panic!("{garbage:?}: expected a decode error, got {other:?}"),
+        }
+    }
+    // Wire format, but a schema id the registry never issued.
+    let unknown = [0u8, 0x7f, 0xff, 0xff, 0xf0, 2, 3];
+    assert!(matches!(
+        codec.decode(&unknown).await,
+        Err(CodecError::Decode { .. })
+    ));
+
+    // Truncated: a valid record cut short.
+    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    let bytes = codec
+        .encode(&s.topics.inputs[0], &schema, lead())
+        .await
+        .unwrap();
+    let cut = &bytes[..bytes.len() - 10];
+    let r = codec.decode(cut).await;
+    assert!(matches!(r, Err(CodecError::Decode { .. })), "{r:?}");
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_match_its_schema_is_refused_before_the_registry() {
+    let s = common::settings();
+    let codec = AvroCodec::new(&s.registry).unwrap();
+    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    let bad = Value::Record(vec![("email".into(), Value::Int(3))]);
+    assert!(matches!(
+        codec.encode("x", &schema, bad).await,
+        Err(CodecError::Encode {
+            retriable: false,
+            ..
+        })
+    ));
+}
