@@ -4,10 +4,17 @@
 
 mod common;
 
-use std::path::Path;
-
 use apache_avro::types::Value;
-use onceflow::codec::{AvroCodec, CodecError, RecordSchema};
+use onceflow::codec::catalog::Catalog;
+use onceflow::codec::{AvroCodec, Codec, CodecError, RecordSchema};
+
+fn lead_v1() -> RecordSchema {
+    Catalog::builtin()
+        .unwrap()
+        .get("lead_captured", 1)
+        .unwrap()
+        .clone()
+}
 
 fn some(s: &str) -> Value {
     Value::Union(1, Box::new(Value::String(s.into())))
@@ -45,7 +52,7 @@ fn lead() -> Value {
 #[tokio::test]
 async fn a_schema_from_the_folder_round_trips_through_the_registry() {
     let s = common::settings();
-    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    let schema = lead_v1();
     assert_eq!(schema.full_name(), "io.onceflow.events.LeadCaptured");
     let topic = &s.topics.inputs[0];
     let codec = AvroCodec::new(&s.registry).unwrap();
@@ -97,7 +104,7 @@ async fn undecodable_bytes_are_typed_errors_not_panics() {
     ));
 
     // Truncated: a valid record cut short.
-    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    let schema = lead_v1();
     let bytes = codec
         .encode(&s.topics.inputs[0], &schema, lead())
         .await
@@ -111,7 +118,7 @@ async fn undecodable_bytes_are_typed_errors_not_panics() {
 async fn a_value_that_does_not_match_its_schema_is_refused_before_the_registry() {
     let s = common::settings();
     let codec = AvroCodec::new(&s.registry).unwrap();
-    let schema = RecordSchema::load(Path::new("schemas/lead_captured.v1.avsc")).unwrap();
+    let schema = lead_v1();
     let bad = Value::Record(vec![("email".into(), Value::Int(3))]);
     assert!(matches!(
         codec.encode("x", &schema, bad).await,

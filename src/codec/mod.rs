@@ -3,14 +3,21 @@
 //! (`<topic>-<record full name>`) so one topic carries several event types.
 //!
 //! Invariants:
-//! - Encoding resolves the schema id once per subject and caches it (schema_registry_converter's
-//!   cache); with `auto_register` on, the first use registers the schema, otherwise the subject's
-//!   latest registered version is used and a missing subject is an error.
+//! - Encoding resolves the schema id once per (subject, schema) and caches it; with `auto_register`
+//!   on, the first use registers the schema, otherwise the subject's latest registered version is
+//!   used and a missing subject is an error. schema_registry_converter caches by subject alone, so
+//!   [`AvroCodec`] keeps one encoder per schema text: two versions of one record on one topic (same
+//!   subject) are each encoded with their own schema, never with whichever came first.
 //! - Decoding never panics: a bad magic byte, an unknown schema id or truncated bytes is a
 //!   [`CodecError::Decode`] that says whether a retry could help (registry unreachable) or not.
 //! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
 
+pub mod catalog;
+
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use apache_avro::types::Value;
 use schema_registry_converter::async_impl::avro::{AvroDecoder, AvroEncoder};
@@ -114,6 +121,11 @@ impl RecordSchema {
         &self.full_name
     }
 
+    /// The schema's JSON text, as registered.
+    pub fn json(&self) -> &str {
+        &self.json
+    }
+
     /// The parsed schema, for validation and Avro schema resolution.
     pub fn schema(&self) -> &apache_avro::Schema {
         &self.parsed
@@ -134,10 +146,40 @@ pub struct Decoded {
     pub value: Value,
 }
 
-/// Encoder and decoder sharing one registry connection.
+impl Decoded {
+    /// The value in `reader`'s schema (Avro schema resolution: fields the writer lacks take the
+    /// reader's defaults, fields the reader lacks are dropped).
+    pub fn resolve(self, reader: &RecordSchema) -> Result<Value, CodecError> {
+        self.value
+            .resolve(reader.schema())
+            .map_err(|e| CodecError::Decode {
+                reason: format!("cannot resolve to {}: {e}", reader.full_name()),
+                retriable: false,
+            })
+    }
+}
+
+/// Turns values into bytes for a topic and bytes back into values. The one seam between onceflow
+/// and the wire format: processors, ingest and operators take a `Codec`, tests may supply another.
+pub trait Codec: Send + Sync {
+    /// Encodes `value` (a record of `schema`) for `topic`.
+    fn encode(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        value: Value,
+    ) -> impl Future<Output = Result<Vec<u8>, CodecError>> + Send;
+
+    /// Decodes bytes written by [`Codec::encode`] (or any Confluent-compatible producer).
+    fn decode(&self, bytes: &[u8]) -> impl Future<Output = Result<Decoded, CodecError>> + Send;
+}
+
+/// Encoders and a decoder sharing one registry connection.
 #[derive(Debug)]
 pub struct AvroCodec {
-    encoder: AvroEncoder,
+    registry: SrSettings,
+    /// One encoder per schema text (see the module invariants).
+    encoders: Mutex<HashMap<String, Arc<AvroEncoder>>>,
     decoder: AvroDecoder,
     auto_register: bool,
 }
@@ -153,10 +195,21 @@ impl AvroCodec {
                 reason: describe(&e),
             })?;
         Ok(AvroCodec {
-            encoder: AvroEncoder::new(sr.clone()),
+            registry: sr.clone(),
+            encoders: Mutex::new(HashMap::new()),
             decoder: AvroDecoder::new(sr),
             auto_register: settings.auto_register,
         })
+    }
+
+    fn encoder_for(&self, schema: &RecordSchema) -> Arc<AvroEncoder> {
+        // A poisoned lock only means another encode panicked mid-insert; the map is still valid.
+        let mut encoders = self.encoders.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            encoders
+                .entry(schema.json.clone())
+                .or_insert_with(|| Arc::new(AvroEncoder::new(self.registry.clone()))),
+        )
     }
 
     fn strategy(&self, topic: &str, schema: &RecordSchema) -> SubjectNameStrategy {
@@ -178,7 +231,7 @@ impl AvroCodec {
     }
 
     /// Encodes `value` (a record of `schema`) for `topic` in the Confluent wire format.
-    pub async fn encode(
+    async fn encode_value(
         &self,
         topic: &str,
         schema: &RecordSchema,
@@ -191,7 +244,7 @@ impl AvroCodec {
                 retriable: false,
             });
         }
-        self.encoder
+        self.encoder_for(schema)
             .encode_value(value, &self.strategy(topic, schema))
             .await
             .map_err(|e| CodecError::Encode {
@@ -202,7 +255,7 @@ impl AvroCodec {
     }
 
     /// Decodes Confluent wire-format bytes with the writer's schema from the registry.
-    pub async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+    async fn decode_bytes(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
         let (id, datum) = split_wire_format(bytes)?;
         let writer = self
             .decoder
@@ -221,6 +274,21 @@ impl AvroCodec {
             _ => None,
         };
         Ok(Decoded { record_name, value })
+    }
+}
+
+impl Codec for AvroCodec {
+    async fn encode(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        value: Value,
+    ) -> Result<Vec<u8>, CodecError> {
+        self.encode_value(topic, schema, value).await
+    }
+
+    async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+        self.decode_bytes(bytes).await
     }
 }
 
