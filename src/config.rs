@@ -10,12 +10,16 @@
 //! - Secrets never live in the file: later sections read them from the environment or a file path.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
+
+use crate::model::EventType;
 
 /// Prefix of environment overrides; `__` separates nesting levels (`ONCEFLOW__KAFKA__BOOTSTRAP_SERVERS`).
 pub const ENV_PREFIX: &str = "ONCEFLOW__";
@@ -60,6 +64,78 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// Enabled adapters by name, in name order.
     pub adapters: BTreeMap<String, AdapterSettings>,
+    /// HTTP intake.
+    pub ingest: IngestSettings,
+}
+
+/// HTTP intake (`onceflow ingest`).
+#[derive(Debug, Clone)]
+pub struct IngestSettings {
+    /// Address of the HTTP API.
+    pub listen: SocketAddr,
+    /// Address of the Prometheus `/metrics` listener.
+    pub metrics_listen: SocketAddr,
+    /// Input topic events are published to (one of `topics.inputs`).
+    pub topic: String,
+    /// Longest wait for the broker's acknowledgement before answering 503.
+    pub publish_timeout: Duration,
+    /// Senders, by the `{source}` of `POST /v1/sources/{source}/events`.
+    pub sources: BTreeMap<String, SourceSettings>,
+}
+
+/// One sender of webhooks.
+#[derive(Debug, Clone)]
+pub struct SourceSettings {
+    /// Where the HMAC secret comes from; resolved by the ingest role at its start-up.
+    pub secret: SecretRef,
+    /// Event types this source may send.
+    pub allowed_types: Vec<EventType>,
+    /// Sustained requests per second (token-bucket refill).
+    pub rate_per_second: u32,
+    /// Requests allowed in a burst (bucket size).
+    pub burst: u32,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// Where a secret comes from. Never from the settings file itself.
+#[derive(Clone)]
+pub enum SecretRef {
+    /// The value of an environment variable.
+    Env(String),
+    /// The contents of a file (trailing newline trimmed).
+    File(PathBuf),
+    /// A value given in code (tests, embedding); not reachable from the settings file.
+    Value(String),
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "Env({name})"),
+            SecretRef::File(path) => write!(f, "File({})", path.display()),
+            SecretRef::Value(_) => f.write_str("Value(<redacted>)"),
+        }
+    }
+}
+
+impl SecretRef {
+    /// Reads the secret; `key` names the setting in the error.
+    pub fn resolve(&self, key: &str) -> Result<String, ConfigError> {
+        let value = match self {
+            SecretRef::Env(name) => std::env::var(name)
+                .map_err(|_| invalid(key, format!("environment variable {name} is not set")))?,
+            SecretRef::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| invalid(key, format!("cannot read {}: {e}", path.display())))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string(),
+            SecretRef::Value(v) => v.clone(),
+        };
+        if value.is_empty() {
+            return Err(invalid(key, "the secret is empty"));
+        }
+        Ok(value)
+    }
 }
 
 /// Broker connection and client tuning.
@@ -124,6 +200,7 @@ struct Raw {
     topics: RawTopics,
     retry: RawRetry,
     adapters: BTreeMap<String, RawAdapter>,
+    ingest: RawIngest,
 }
 
 impl Default for Raw {
@@ -135,8 +212,44 @@ impl Default for Raw {
             topics: RawTopics::default(),
             retry: RawRetry::default(),
             adapters: BTreeMap::new(),
+            ingest: RawIngest::default(),
         }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIngest {
+    listen: String,
+    metrics_listen: String,
+    topic: Option<String>,
+    publish_timeout_ms: u64,
+    max_body_bytes: usize,
+    sources: BTreeMap<String, RawSource>,
+}
+
+impl Default for RawIngest {
+    fn default() -> Self {
+        RawIngest {
+            listen: "127.0.0.1:8080".into(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            topic: None,
+            publish_timeout_ms: 10_000,
+            max_body_bytes: 256 * 1024,
+            sources: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSource {
+    secret_env: Option<String>,
+    secret_file: Option<PathBuf>,
+    allowed_types: Option<Vec<String>>,
+    rate_per_second: Option<u32>,
+    burst: Option<u32>,
+    max_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -410,6 +523,8 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         );
     }
 
+    let ingest = validate_ingest(raw.ingest, &t.inputs)?;
+
     Ok(Settings {
         namespace: raw.namespace,
         kafka: KafkaSettings {
@@ -431,6 +546,105 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         },
         retry: RetrySettings { tiers },
         adapters,
+        ingest,
+    })
+}
+
+fn socket(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+    value
+        .parse()
+        .map_err(|_| invalid(key, format!("`{value}` is not an ip:port address")))
+}
+
+fn validate_ingest(raw: RawIngest, inputs: &[String]) -> Result<IngestSettings, ConfigError> {
+    let listen = socket("ingest.listen", &raw.listen)?;
+    let metrics_listen = socket("ingest.metrics_listen", &raw.metrics_listen)?;
+    let topic = match raw.topic {
+        Some(t) if inputs.contains(&t) => t,
+        Some(t) => {
+            return Err(invalid(
+                "ingest.topic",
+                format!("`{t}` is not one of topics.inputs"),
+            ));
+        }
+        None => inputs
+            .first()
+            .cloned()
+            .ok_or_else(|| invalid("topics.inputs", "is empty"))?,
+    };
+    let publish_timeout = millis(
+        "ingest.publish_timeout_ms",
+        raw.publish_timeout_ms,
+        500,
+        300_000,
+    )?;
+    if raw.max_body_bytes < 1024 || raw.max_body_bytes > 16 * 1024 * 1024 {
+        return Err(invalid(
+            "ingest.max_body_bytes",
+            "must be between 1 KiB and 16 MiB",
+        ));
+    }
+    let mut sources = BTreeMap::new();
+    for (name, src) in raw.sources {
+        let key = |k: &str| format!("ingest.sources.{name}.{k}");
+        check_name(&format!("ingest.sources.{name}"), &name)?;
+        let secret = match (src.secret_env, src.secret_file) {
+            (Some(env), None) if !env.is_empty() => SecretRef::Env(env),
+            (None, Some(path)) => SecretRef::File(path),
+            _ => {
+                return Err(invalid(
+                    key("secret_env"),
+                    "set exactly one of secret_env or secret_file",
+                ));
+            }
+        };
+        let allowed_types = match src.allowed_types {
+            None => EventType::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| {
+                    EventType::from_name(n).ok_or_else(|| {
+                        invalid(
+                            format!("{}[{i}]", key("allowed_types")),
+                            format!("unknown event type `{n}`"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let rate_per_second = src.rate_per_second.unwrap_or(50);
+        let burst = src.burst.unwrap_or(rate_per_second.saturating_mul(2));
+        if rate_per_second == 0 {
+            return Err(invalid(key("rate_per_second"), "must be at least 1"));
+        }
+        if burst == 0 {
+            return Err(invalid(key("burst"), "must be at least 1"));
+        }
+        let max_body_bytes = src.max_body_bytes.unwrap_or(raw.max_body_bytes);
+        if max_body_bytes < 64 || max_body_bytes > raw.max_body_bytes {
+            return Err(invalid(
+                key("max_body_bytes"),
+                "must be between 64 bytes and ingest.max_body_bytes",
+            ));
+        }
+        sources.insert(
+            name,
+            SourceSettings {
+                secret,
+                allowed_types,
+                rate_per_second,
+                burst,
+                max_body_bytes,
+            },
+        );
+    }
+    Ok(IngestSettings {
+        listen,
+        metrics_listen,
+        topic,
+        publish_timeout,
+        sources,
     })
 }
 
@@ -486,6 +700,47 @@ mod tests {
             "registry.url"
         );
         assert_eq!(err_key(""), "adapters");
+    }
+
+    #[test]
+    fn ingest_sources_validate_and_name_their_keys() {
+        let ok = Settings::from_toml_str(
+            "[adapters.crm]\n[ingest.sources.demo]\nsecret_env = 'X'\nallowed_types = ['LeadCaptured']\n",
+        )
+        .unwrap();
+        let demo = &ok.ingest.sources["demo"];
+        assert_eq!(demo.allowed_types, vec![EventType::LeadCaptured]);
+        assert_eq!((demo.rate_per_second, demo.burst), (50, 100));
+        assert_eq!(ok.ingest.topic, "events");
+        assert_eq!(
+            err_key(
+                "[adapters.crm]\n[ingest.sources.demo]\nsecret_env = 'X'\nallowed_types = ['Nope']"
+            ),
+            "ingest.sources.demo.allowed_types[0]"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[ingest.sources.demo]\n"),
+            "ingest.sources.demo.secret_env"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[ingest]\ntopic = 'other'"),
+            "ingest.topic"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[ingest]\nlisten = 'localhost'"),
+            "ingest.listen"
+        );
+        let missing = SecretRef::Env("ONCEFLOW_TEST_SURELY_UNSET_VARIABLE".into());
+        match missing.resolve("ingest.sources.demo.secret_env") {
+            Err(ConfigError::Invalid { key, .. }) => {
+                assert_eq!(key, "ingest.sources.demo.secret_env")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            format!("{:?}", SecretRef::Value("hunter2".into())),
+            "Value(<redacted>)"
+        );
     }
 
     #[test]

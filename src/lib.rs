@@ -19,12 +19,14 @@
 //! Modules:
 //! - [`config`]: settings from TOML and `ONCEFLOW__SECTION__KEY`, validated once.
 //! - [`kafka`]: client configs, topic and group names, admin, transactional helpers.
-//! - [`codec`]: Avro in the Confluent wire format through a schema registry.
+//! - [`codec`]: Avro in the Confluent wire format through a schema registry; the schema catalog.
+//! - [`model`]: events, identities (event ids, entity keys), JSON ↔ Avro.
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
 pub mod codec;
 pub mod config;
 pub mod kafka;
+pub mod model;
 pub mod ops;
 pub mod telemetry;
