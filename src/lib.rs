@@ -21,11 +21,13 @@
 //! - [`kafka`]: client configs, topic and group names, admin, transactional helpers.
 //! - [`codec`]: Avro in the Confluent wire format through a schema registry; the schema catalog.
 //! - [`model`]: events, identities (event ids, entity keys), JSON ↔ Avro.
+//! - [`ingest`]: the producer API and the signed HTTP intake.
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
 pub mod codec;
 pub mod config;
+pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod ops;

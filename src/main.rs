@@ -41,6 +41,8 @@ enum Command {
         #[command(subcommand)]
         verb: TopicsVerb,
     },
+    /// Serve the signed HTTP intake (POST /v1/sources/{source}/events) and /metrics.
+    Ingest,
     /// Show a transactional round trip (produce → transform → produce with offsets) on the broker.
     Demo {
         /// Records to send through the round trip.
@@ -89,8 +91,50 @@ fn main() -> ExitCode {
     }
 }
 
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
 async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Ingest => {
+            telemetry::metrics::install_prometheus(settings.ingest.metrics_listen).map_err(
+                |e| {
+                    anyhow::anyhow!(
+                        "metrics listener on {}: {e}",
+                        settings.ingest.metrics_listen
+                    )
+                },
+            )?;
+            let router = onceflow::ingest::http::build(&settings).context("ingest start-up")?;
+            let listener = tokio::net::TcpListener::bind(settings.ingest.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.ingest.listen))?;
+            tracing::info!(
+                listen = %settings.ingest.listen,
+                metrics = %settings.ingest.metrics_listen,
+                topic = %settings.ingest.topic,
+                "ingest listening"
+            );
+            onceflow::ingest::http::serve(listener, router, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Topics {
             verb: TopicsVerb::Create,
         } => {

@@ -10,6 +10,8 @@
 //!   back `read_committed` readers; librdkafka requires `message.timeout.ms` not to exceed it, which
 //!   the settings validation enforces.
 
+use std::time::Duration;
+
 use rdkafka::ClientConfig;
 
 use crate::config::KafkaSettings;
@@ -63,12 +65,22 @@ fn base(settings: &KafkaSettings, role: &str) -> ClientConfig {
 
 /// An idempotent producer with `acks=all` whose delivery report means the record is durable.
 pub fn producer(settings: &KafkaSettings, role: &str) -> ClientConfig {
+    producer_with_timeout(settings, role, settings.message_timeout)
+}
+
+/// [`producer`] with its own bound on a record's delivery (librdkafka retries until then): the
+/// intake answers 503 after `delivery_timeout` rather than holding a sender for the default.
+pub fn producer_with_timeout(
+    settings: &KafkaSettings,
+    role: &str,
+    delivery_timeout: Duration,
+) -> ClientConfig {
     let mut c = base(settings, role);
     c.set(key::ENABLE_IDEMPOTENCE, "true")
         .set(key::ACKS, "all")
         .set(
             key::MESSAGE_TIMEOUT_MS,
-            settings.message_timeout.as_millis().to_string(),
+            delivery_timeout.as_millis().to_string(),
         )
         .set(key::LINGER_MS, "5");
     c

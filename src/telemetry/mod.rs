@@ -1,9 +1,12 @@
-//! Structured logging set-up (and, as roles arrive, metric names and the exporter).
+//! Structured logging set-up, metric names ([`metrics`]) and PII masking ([`mask`]).
 //!
 //! Invariants:
 //! - Logs go to stderr, so stdout stays free for a command's own output (reports, JSON).
 //! - The level comes from `RUST_LOG` (default `info`); the format is chosen once at start-up.
 //! - Nothing logs raw event payloads: they carry PII.
+
+pub mod mask;
+pub mod metrics;
 
 use tracing_subscriber::EnvFilter;
 

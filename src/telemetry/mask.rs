@@ -1,0 +1,85 @@
+//! PII masking for free text that reaches logs or error bodies: e-mail addresses and phone numbers.
+//!
+//! Invariants:
+//! - An address keeps its first character and its domain (`a***@example.com`), enough to debug a
+//!   typo in a domain, never enough to identify the person; a phone number keeps its last two digits.
+//! - Masking is applied where text leaves the process (log fields, HTTP error details); event data
+//!   itself is never logged.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+// Both patterns are literals checked by the unit tests; a failure to compile is a programming error
+// caught by any test run, so falling back to a never-matching pattern cannot hide PII in practice.
+static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r#"[^\s@"'<>(),;:\[\]]+@[^\s@"'<>(),;:\[\]]+\.[^\s@"'<>(),;:\[\]]+"#)
+        .unwrap_or_else(|_| never())
+});
+static PHONE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"\+?\d[\d\s().\-]{5,}\d").unwrap_or_else(|_| never()));
+
+fn never() -> Regex {
+    // `[^\s\S]` matches nothing; this literal compiles.
+    Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!())
+}
+
+/// `text` with e-mail addresses and phone numbers masked.
+pub fn mask_pii(text: &str) -> String {
+    let text = EMAIL.replace_all(text, |c: &regex::Captures<'_>| {
+        let m = &c[0];
+        let (local, domain) = m.split_once('@').unwrap_or((m, ""));
+        let first: String = local.chars().take(1).collect();
+        format!("{first}***@{domain}")
+    });
+    PHONE
+        .replace_all(&text, |c: &regex::Captures<'_>| {
+            let digits: Vec<char> = c[0].chars().filter(char::is_ascii_digit).collect();
+            // Fewer than 7 digits is a number, not a phone (amounts, years, ids).
+            if digits.len() < 7 {
+                return c[0].to_string();
+            }
+            format!(
+                "***{}",
+                digits[digits.len() - 2..].iter().collect::<String>()
+            )
+        })
+        .into_owned()
+}
+
+/// An e-mail address masked on its own (for a structured log field).
+pub fn mask_email(email: &str) -> String {
+    mask_pii(email)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_and_phones_are_masked() {
+        assert_eq!(
+            mask_pii("lead ada.lovelace@example.com failed"),
+            "lead a***@example.com failed"
+        );
+        assert_eq!(
+            mask_pii("\"to\":\"Bob@Mail.co.uk\""),
+            "\"to\":\"B***@Mail.co.uk\""
+        );
+        assert_eq!(mask_pii("call +44 20 7946 0958 now"), "call ***58 now");
+        assert_eq!(mask_pii("phone 555-0100-123"), "phone ***23");
+        assert_eq!(mask_pii("jörg.müller@exämple.de"), "j***@exämple.de");
+    }
+
+    #[test]
+    fn ordinary_numbers_are_left_alone() {
+        assert_eq!(
+            mask_pii("amount 1999 in 2026, offset 12345"),
+            "amount 1999 in 2026, offset 12345"
+        );
+        assert_eq!(
+            mask_pii("data.tags[1]: expected a string"),
+            "data.tags[1]: expected a string"
+        );
+    }
+}
