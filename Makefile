@@ -6,6 +6,8 @@ CONFIG ?= deploy/local/onceflow.toml
 STACK  := deploy/local/stack
 BIN    := target/debug/onceflow
 export ONCEFLOW_CONFIG := $(CONFIG)
+# The demo sender's secret, for development only (deploy/local/onceflow.toml reads it from here).
+export ONCEFLOW_SOURCE_DEMO_SECRET ?= demo-secret
 
 .PHONY: demo test build lint stack-up stack-down stack-status
 
@@ -14,7 +16,11 @@ demo: stack-up build
 	@echo "== topics"
 	$(BIN) topics create
 	@echo "== transactional round trip"
-	$(BIN) demo
+	$(BIN) demo round-trip
+	@echo "== ingest: signed sample webhooks (logs in target/demo-ingest.log)"
+	@$(BIN) --log-format json ingest 2> target/demo-ingest.log & pid=$$!; \
+	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
+	$(BIN) demo webhooks
 
 ## test: start the local stack (if down) and run every test; prints the total at the end.
 test: stack-up

@@ -43,11 +43,30 @@ enum Command {
     },
     /// Serve the signed HTTP intake (POST /v1/sources/{source}/events) and /metrics.
     Ingest,
-    /// Show a transactional round trip (produce → transform → produce with offsets) on the broker.
+    /// The demo's parts (`make demo` runs them all).
     Demo {
+        #[command(subcommand)]
+        part: DemoPart,
+    },
+}
+
+#[derive(Subcommand)]
+enum DemoPart {
+    /// A transactional round trip (produce → transform → produce with offsets) on the broker.
+    RoundTrip {
         /// Records to send through the round trip.
         #[arg(long, default_value_t = 5)]
         records: usize,
+    },
+    /// Post the signed sample webhooks (plus a duplicate, a bad signature, a schema violation) to a
+    /// running `onceflow ingest` and print each answer.
+    Webhooks {
+        /// Base URL of the intake.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Folder of sample request bodies.
+        #[arg(long, default_value = "deploy/local/samples")]
+        samples: PathBuf,
     },
 }
 
@@ -159,7 +178,49 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 .context("topics check")?;
             Ok(print_diffs(&diffs))
         }
-        Command::Demo { records } => {
+        Command::Demo {
+            part: DemoPart::Webhooks { url, samples },
+        } => {
+            let outcomes = ops::demo::post_samples(&settings, &url, &samples)
+                .await
+                .context("demo webhooks")?;
+            println!(
+                "signed webhooks → {url}/v1/sources/{}/events",
+                ops::demo::DEMO_SOURCE
+            );
+            let mut seen: Vec<(String, String)> = Vec::new();
+            for o in &outcomes {
+                let b = &o.body;
+                let text = |k: &str| b[k].as_str().unwrap_or("").to_string();
+                let what = match o.status {
+                    202 => {
+                        let id = text("event_id");
+                        let note = match seen.iter().find(|(seen_id, _)| *seen_id == id) {
+                            Some((_, first)) => {
+                                format!(" — a duplicate: same event_id as {first}")
+                            }
+                            None => String::new(),
+                        };
+                        seen.push((id.clone(), o.label.clone()));
+                        format!("accepted, event_id {id}{note}")
+                    }
+                    _ => {
+                        let field = text("field");
+                        let at = if field.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" at {field}")
+                        };
+                        format!("{}{at}: {}", text("error"), text("detail"))
+                    }
+                };
+                println!("  {}  {:<48} {what}", o.status, o.label);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            part: DemoPart::RoundTrip { records },
+        } => {
             let r = ops::demo::round_trip(&settings, records)
                 .await
                 .context("demo round trip")?;

@@ -105,7 +105,8 @@ impl ApiError {
     }
 
     fn field(mut self, field: impl Into<String>) -> ApiError {
-        self.field = Some(field.into());
+        // A field name comes from the sender's keys and may itself be PII.
+        self.field = Some(mask_pii(&field.into()));
         self
     }
 
@@ -115,13 +116,8 @@ impl ApiError {
     }
 
     fn invalid(e: FieldError) -> ApiError {
-        let field = e.field.clone();
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "schema_violation",
-            e.to_string(),
-        )
-        .field(field)
+        let detail = format!("{} {}", e.field, e.detail);
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "schema_violation", detail).field(e.field)
     }
 }
 

@@ -2,6 +2,9 @@
 //! with the consumer's offsets inside the same transaction, and show what a `read_committed` reader
 //! and the group's committed offsets say afterwards.
 //!
+//! Also the webhook part of the demo: post the signed samples of `deploy/local/samples/` to a running
+//! `onceflow ingest`, plus a duplicate, a bad signature and a schema violation, and report each answer.
+//!
 //! Invariants:
 //! - One run's outputs and its input offsets become visible together, in one commit, or not at all.
 //! - Runs share one group (`<ns>.demo.roundtrip`), so a second run resumes after the first one's
@@ -44,6 +47,131 @@ pub enum DemoError {
     /// A blocking call was cancelled.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// An HTTP call to the intake failed.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// A sample could not be read.
+    #[error("samples: {0}")]
+    Samples(String),
+    /// The demo source or its secret is not configured.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What the intake answered to one demo request.
+#[derive(Debug)]
+pub struct WebhookOutcome {
+    /// What was sent.
+    pub label: String,
+    /// HTTP status.
+    pub status: u16,
+    /// The answer's JSON body.
+    pub body: serde_json::Value,
+}
+
+/// The demo's source name in the settings.
+pub const DEMO_SOURCE: &str = "demo";
+
+/// Posts every sample in `samples` (sorted by file name) to the intake at `base_url`, then the lead
+/// sample again (a duplicate), with a wrong signature, and with an invalid e-mail.
+pub async fn post_samples(
+    settings: &Settings,
+    base_url: &str,
+    samples: &std::path::Path,
+) -> Result<Vec<WebhookOutcome>, DemoError> {
+    let source = settings.ingest.sources.get(DEMO_SOURCE).ok_or_else(|| {
+        DemoError::Samples(format!("no [ingest.sources.{DEMO_SOURCE}] in the settings"))
+    })?;
+    let secret = source
+        .secret
+        .resolve(&format!("ingest.sources.{DEMO_SOURCE}.secret_env"))?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    // Wait until the intake is ready (broker and registry answer).
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match http.get(format!("{base_url}/readyz")).send().await {
+            Ok(r) if r.status().is_success() => break,
+            _ if Instant::now() >= deadline => {
+                return Err(DemoError::Timeout("the intake to be ready"));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+
+    let mut files: Vec<_> = std::fs::read_dir(samples)
+        .map_err(|e| DemoError::Samples(format!("{}: {e}", samples.display())))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    let mut bodies = Vec::new();
+    for path in &files {
+        let body = std::fs::read_to_string(path)
+            .map_err(|e| DemoError::Samples(format!("{}: {e}", path.display())))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        bodies.push((name, body));
+    }
+    let lead = bodies
+        .iter()
+        .find(|(name, _)| name.starts_with("lead_captured"))
+        .map(|(_, b)| b.clone())
+        .ok_or_else(|| DemoError::Samples("no lead_captured sample".into()))?;
+    let invalid = lead.replace("Ada.Lovelace@Example.com", "ada.lovelace-at-example.com");
+
+    let url = format!("{base_url}/v1/sources/{DEMO_SOURCE}/events");
+    let mut outcomes = Vec::new();
+    let mut send = async |label: String, body: String, key: &[u8]| -> Result<(), DemoError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let r = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header(
+                crate::ingest::signature::HEADER,
+                crate::ingest::signature::sign(key, now, body.as_bytes()),
+            )
+            .body(body)
+            .send()
+            .await?;
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(serde_json::Value::Null);
+        outcomes.push(WebhookOutcome {
+            label,
+            status,
+            body,
+        });
+        Ok(())
+    };
+    for (name, body) in bodies {
+        send(name, body, secret.as_bytes()).await?;
+    }
+    send(
+        "lead_captured.json again (a sender's retry)".into(),
+        lead.clone(),
+        secret.as_bytes(),
+    )
+    .await?;
+    send(
+        "lead_captured.json signed with a wrong secret".into(),
+        lead,
+        b"not-the-secret",
+    )
+    .await?;
+    send(
+        "lead_captured.json with an invalid e-mail".into(),
+        invalid,
+        secret.as_bytes(),
+    )
+    .await?;
+    Ok(outcomes)
 }
 
 /// What one round trip did.

@@ -13,7 +13,7 @@ use regex::Regex;
 // Both patterns are literals checked by the unit tests; a failure to compile is a programming error
 // caught by any test run, so falling back to a never-matching pattern cannot hide PII in practice.
 static EMAIL: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"[^\s@"'<>(),;:\[\]]+@[^\s@"'<>(),;:\[\]]+\.[^\s@"'<>(),;:\[\]]+"#)
+    Regex::new(r#"[^\s@"'`<>(),;:\[\]]+@[^\s@"'`<>(),;:\[\]]+\.[^\s@"'`<>(),;:\[\]]+"#)
         .unwrap_or_else(|_| never())
 });
 static PHONE: LazyLock<Regex> =
@@ -69,6 +69,10 @@ mod tests {
         assert_eq!(mask_pii("call +44 20 7946 0958 now"), "call ***58 now");
         assert_eq!(mask_pii("phone 555-0100-123"), "phone ***23");
         assert_eq!(mask_pii("jörg.müller@exämple.de"), "j***@exämple.de");
+        assert_eq!(
+            mask_pii("unknown type `ada@example.com`;"),
+            "unknown type `a***@example.com`;"
+        );
     }
 
     #[test]

@@ -61,10 +61,32 @@ pub struct Rec {
     pub value: String,
 }
 
+/// One record as read back, value as bytes.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RawRec {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Vec<u8>,
+}
+
+/// [`read_all_bytes`] with values as (lossy) UTF-8.
+pub fn read_all(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<Rec> {
+    read_all_bytes(settings, topic, isolation)
+        .into_iter()
+        .map(|r| Rec {
+            partition: r.partition,
+            offset: r.offset,
+            key: r.key,
+            value: String::from_utf8_lossy(&r.value).into_owned(),
+        })
+        .collect()
+}
+
 /// Reads every record of `topic` visible at `isolation`, from the beginning, until each partition's
 /// position reaches its high watermark or nothing arrived for `quiet`. An open transaction keeps a
 /// `read_committed` reader below the high watermark, so `quiet` bounds that case.
-pub fn read_all(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<Rec> {
+pub fn read_all_bytes(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<RawRec> {
     let quiet = Duration::from_secs(3);
     let consumer: BaseConsumer = client::consumer(
         &settings.kafka,
@@ -100,11 +122,11 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<R
     loop {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
-            out.push(Rec {
+            out.push(RawRec {
                 partition: m.partition(),
                 offset: m.offset(),
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
-                value: String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                value: m.payload().unwrap_or_default().to_vec(),
             });
             last = Instant::now();
             continue;
