@@ -66,6 +66,36 @@ pub struct Settings {
     pub adapters: BTreeMap<String, AdapterSettings>,
     /// HTTP intake.
     pub ingest: IngestSettings,
+    /// The transactional processor.
+    pub processor: ProcessorSettings,
+}
+
+/// Delivery guarantee of the processor loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Outputs, dedupe changes and offsets in one Kafka transaction per batch.
+    ExactlyOnce,
+    /// The same loop without a transaction: outputs flushed, then offsets committed. A crash in
+    /// between redoes the batch. For comparison (benchmarks), not for production.
+    AtLeastOnce,
+}
+
+/// The processor (`onceflow process --adapter NAME`).
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Exactly-once (default) or at-least-once.
+    pub guarantee: Guarantee,
+    /// Most records in one transaction.
+    pub batch_max_records: usize,
+    /// Longest time a batch collects records before it is committed.
+    pub batch_max: Duration,
+    /// This instance's stable name: its `transactional.id` is derived from it, so a restarted
+    /// instance fences its own zombie. Two live instances must have different names.
+    pub instance_id: String,
+    /// How long the dedupe store remembers an event id.
+    pub dedupe_ttl: Duration,
+    /// Bound on a graceful shutdown (finish the batch, commit, leave the group).
+    pub shutdown_timeout: Duration,
 }
 
 /// HTTP intake (`onceflow ingest`).
@@ -187,6 +217,8 @@ pub struct RetrySettings {
 pub struct AdapterSettings {
     /// Base URL of the external system the adapter talks to, when it has one configured.
     pub base_url: Option<String>,
+    /// Event types the adapter acts on, when it is configurable (the `webhook` adapter).
+    pub event_types: Option<Vec<EventType>>,
 }
 
 // ----- raw (as parsed) shapes; every field defaults so that a partial file plus env works -----
@@ -201,6 +233,7 @@ struct Raw {
     retry: RawRetry,
     adapters: BTreeMap<String, RawAdapter>,
     ingest: RawIngest,
+    processor: RawProcessor,
 }
 
 impl Default for Raw {
@@ -213,6 +246,7 @@ impl Default for Raw {
             retry: RawRetry::default(),
             adapters: BTreeMap::new(),
             ingest: RawIngest::default(),
+            processor: RawProcessor::default(),
         }
     }
 }
@@ -328,6 +362,31 @@ impl Default for RawRetry {
 #[serde(deny_unknown_fields, default)]
 struct RawAdapter {
     base_url: Option<String>,
+    event_types: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawProcessor {
+    guarantee: String,
+    batch_max_records: usize,
+    batch_max_ms: u64,
+    instance_id: Option<String>,
+    dedupe_ttl_ms: u64,
+    shutdown_timeout_ms: u64,
+}
+
+impl Default for RawProcessor {
+    fn default() -> Self {
+        RawProcessor {
+            guarantee: "exactly_once".into(),
+            batch_max_records: 500,
+            batch_max_ms: 100,
+            instance_id: None,
+            dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
 }
 
 impl Settings {
@@ -515,15 +574,43 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
                 format!("`{url}` is not an http(s) URL"),
             ));
         }
+        if !crate::adapters::NAMES.contains(&name.as_str()) {
+            return Err(invalid(
+                format!("adapters.{name}"),
+                format!(
+                    "no such adapter; the registry has {}",
+                    crate::adapters::NAMES.join(", ")
+                ),
+            ));
+        }
+        let event_types = match a.event_types {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(i, n)| {
+                        EventType::from_name(n).ok_or_else(|| {
+                            invalid(
+                                format!("adapters.{name}.event_types[{i}]"),
+                                format!("unknown event type `{n}`"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
         adapters.insert(
             name,
             AdapterSettings {
                 base_url: a.base_url,
+                event_types,
             },
         );
     }
 
     let ingest = validate_ingest(raw.ingest, &t.inputs)?;
+    let processor = validate_processor(raw.processor)?;
 
     Ok(Settings {
         namespace: raw.namespace,
@@ -547,6 +634,52 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         retry: RetrySettings { tiers },
         adapters,
         ingest,
+        processor,
+    })
+}
+
+fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigError> {
+    let guarantee = match raw.guarantee.as_str() {
+        "exactly_once" => Guarantee::ExactlyOnce,
+        "at_least_once" => Guarantee::AtLeastOnce,
+        other => {
+            return Err(invalid(
+                "processor.guarantee",
+                format!("`{other}` is neither exactly_once nor at_least_once"),
+            ));
+        }
+    };
+    if !(1..=100_000).contains(&raw.batch_max_records) {
+        return Err(invalid(
+            "processor.batch_max_records",
+            "must be between 1 and 100000",
+        ));
+    }
+    let batch_max = millis("processor.batch_max_ms", raw.batch_max_ms, 1, 60_000)?;
+    let instance_id = match raw.instance_id {
+        Some(id) => id,
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "0".into()),
+    };
+    check_name("processor.instance_id", &instance_id)?;
+    let dedupe_ttl = millis(
+        "processor.dedupe_ttl_ms",
+        raw.dedupe_ttl_ms,
+        1_000,
+        365 * 86_400_000,
+    )?;
+    let shutdown_timeout = millis(
+        "processor.shutdown_timeout_ms",
+        raw.shutdown_timeout_ms,
+        100,
+        600_000,
+    )?;
+    Ok(ProcessorSettings {
+        guarantee,
+        batch_max_records: raw.batch_max_records,
+        batch_max,
+        instance_id,
+        dedupe_ttl,
+        shutdown_timeout,
     })
 }
 
@@ -691,6 +824,19 @@ mod tests {
             "retry.tiers_ms[1]"
         );
         assert_eq!(err_key("[adapters.'c/rm']"), "adapters.c/rm");
+        assert_eq!(err_key("[adapters.frobnicate]"), "adapters.frobnicate");
+        assert_eq!(
+            err_key("[adapters.webhook]\nevent_types = ['Nope']"),
+            "adapters.webhook.event_types[0]"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[processor]\nguarantee = 'maybe'"),
+            "processor.guarantee"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[processor]\nbatch_max_records = 0"),
+            "processor.batch_max_records"
+        );
         assert_eq!(
             err_key("[adapters.crm]\nbase_url = 'ftp://x'"),
             "adapters.crm.base_url"

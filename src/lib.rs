@@ -17,6 +17,7 @@
 //! every consumer reads with `isolation.level=read_committed`. The full design is DESIGN.md.
 //!
 //! Modules:
+//! - [`adapters`]: pure decision logic per external system, and their registry.
 //! - [`config`]: settings from TOML and `ONCEFLOW__SECTION__KEY`, validated once.
 //! - [`kafka`]: client configs, topic and group names, admin, transactional helpers.
 //! - [`codec`]: Avro in the Confluent wire format through a schema registry; the schema catalog.
@@ -25,6 +26,7 @@
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
+pub mod adapters;
 pub mod codec;
 pub mod config;
 pub mod ingest;

@@ -3,7 +3,9 @@
 //!
 //! Invariant: this module does no I/O; it is pure data and rules, tested without a broker.
 
+pub mod command;
 pub mod event;
+pub mod headers;
 pub mod identity;
 pub mod json_avro;
 
