@@ -46,3 +46,9 @@ stack-down:
 
 stack-status:
 	$(STACK) status
+
+## bench-ingest: start the local stack (if down), then benchmark the HTTP intake against the bare
+## producer (bench/README.md). Not part of `make test`.
+.PHONY: bench-ingest
+bench-ingest: stack-up
+	cargo bench --locked --bench ingest
