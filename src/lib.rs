@@ -23,14 +23,19 @@
 //! - [`codec`]: Avro in the Confluent wire format through a schema registry; the schema catalog.
 //! - [`model`]: events, identities (event ids, entity keys), JSON ↔ Avro.
 //! - [`ingest`]: the producer API and the signed HTTP intake.
+//! - [`processor`]: the transactional consume → decide → produce loop; [`dedupe`] its store;
+//!   [`retry`] its tiers.
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
 pub mod adapters;
 pub mod codec;
 pub mod config;
+pub mod dedupe;
 pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod ops;
+pub mod processor;
+pub mod retry;
 pub mod telemetry;

@@ -43,6 +43,20 @@ enum Command {
     },
     /// Serve the signed HTTP intake (POST /v1/sources/{source}/events) and /metrics.
     Ingest,
+    /// Run the transactional processor of one adapter until SIGTERM.
+    Process {
+        /// The adapter (one of the registry's: analytics, billing, crm, email, webhook).
+        #[arg(long)]
+        adapter: String,
+        /// This instance's stable name (its transactional id); overrides processor.instance_id.
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Benchmark helpers.
+    Bench {
+        #[command(subcommand)]
+        verb: BenchVerb,
+    },
     /// The demo's parts (`make demo` runs them all).
     Demo {
         #[command(subcommand)]
@@ -67,6 +81,19 @@ enum DemoPart {
         /// Folder of sample request bodies.
         #[arg(long, default_value = "deploy/local/samples")]
         samples: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchVerb {
+    /// Publish N distinct LeadCaptured events through the producer API to the ingest topic.
+    Fill {
+        /// How many events.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// Publishes in flight.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
     },
 }
 
@@ -130,8 +157,58 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
+        Command::Process { adapter, instance } => {
+            if let Some(id) = instance {
+                settings.processor.instance_id = id;
+            }
+            let config = settings.adapters.get(&adapter).with_context(|| {
+                format!("adapter `{adapter}` is not enabled in the settings ([adapters.{adapter}])")
+            })?;
+            let adapter = onceflow::adapters::build(&adapter, config)
+                .with_context(|| format!("no adapter named `{adapter}` in the registry"))?;
+            let processor = onceflow::processor::Processor::new(&settings, adapter)?;
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let bound = settings.processor.shutdown_timeout;
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                let _ = stop.send(true);
+                // The batch in flight gets `bound` to finish; then the process goes regardless.
+                tokio::time::sleep(bound).await;
+                tracing::error!("shutdown took longer than {bound:?}; exiting");
+                std::process::exit(1);
+            });
+            let counts = processor.run(stopped).await?;
+            println!(
+                "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
+                counts.ok,
+                counts.duplicate,
+                counts.retry,
+                counts.dlq,
+                counts.batches,
+                counts.aborts,
+                counts.rejoins
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            verb:
+                BenchVerb::Fill {
+                    events,
+                    concurrency,
+                },
+        } => {
+            let started = std::time::Instant::now();
+            let published = ops::bench::fill(&settings, events, concurrency).await?;
+            let secs = started.elapsed().as_secs_f64();
+            println!(
+                "published {published} events to {} in {secs:.1} s ({:.0}/s)",
+                settings.ingest.topic,
+                published as f64 / secs
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ingest => {
             telemetry::metrics::install_prometheus(settings.ingest.metrics_listen).map_err(
                 |e| {

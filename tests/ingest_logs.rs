@@ -121,7 +121,11 @@ async fn logs_and_error_bodies_mask_pii_and_sigterm_exits_cleanly() {
     );
 
     // The Prometheus listener counts requests by source and status (bounded labels, no ids).
-    let metrics = http.get(format!("http://127.0.0.1:{metrics_port}/metrics")).send().await.unwrap();
+    let metrics = http
+        .get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .send()
+        .await
+        .unwrap();
     let metrics = metrics.text().await.unwrap();
     assert!(
         metrics.contains(r#"onceflow_ingest_requests_total{source="demo",status="202"} 1"#),
@@ -131,7 +135,10 @@ async fn logs_and_error_bodies_mask_pii_and_sigterm_exits_cleanly() {
         metrics.contains(r#"onceflow_ingest_requests_total{source="demo",status="422"} 4"#),
         "{metrics}"
     );
-    assert!(!metrics.contains(EMAIL) && !metrics.contains("pii-1"), "{metrics}");
+    assert!(
+        !metrics.contains(EMAIL) && !metrics.contains("pii-1"),
+        "{metrics}"
+    );
 
     // SIGTERM: graceful shutdown, exit 0.
     let killed = Command::new("kill")

@@ -35,6 +35,8 @@ mod key {
     pub const SESSION_TIMEOUT_MS: &str = "session.timeout.ms";
     pub const PARTITION_ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
     pub const ENABLE_PARTITION_EOF: &str = "enable.partition.eof";
+    pub const PARTITIONER: &str = "partitioner";
+    pub const STATISTICS_INTERVAL_MS: &str = "statistics.interval.ms";
 }
 
 /// Isolation of a consumer. Onceflow's own stages always use [`Isolation::ReadCommitted`]; tests and
@@ -82,8 +84,21 @@ pub fn producer_with_timeout(
             key::MESSAGE_TIMEOUT_MS,
             delivery_timeout.as_millis().to_string(),
         )
-        .set(key::LINGER_MS, "5");
+        .set(key::LINGER_MS, "5")
+        // The Java client's partitioner: a key lands in the same partition whichever client wrote
+        // it, so duplicates from Java and Rust senders meet in one dedupe partition.
+        .set(key::PARTITIONER, "murmur2_random");
     c
+}
+
+/// Emits librdkafka statistics (lag per partition, among others) every `interval` to the client
+/// context.
+pub fn with_statistics(mut config: ClientConfig, interval: Duration) -> ClientConfig {
+    config.set(
+        key::STATISTICS_INTERVAL_MS,
+        interval.as_millis().to_string(),
+    );
+    config
 }
 
 /// A transactional producer (implies idempotence) under a stable `transactional.id`.

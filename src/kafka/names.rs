@@ -111,6 +111,11 @@ impl Names {
         format!("{}.{adapter}.{stage}.replay", self.ns)
     }
 
+    /// Id of the assign-only reader that restores a changelog (it never joins nor commits).
+    pub fn changelog_reader(&self, adapter: &str, stage: Stage) -> String {
+        format!("{}.{adapter}.{stage}.restore", self.ns)
+    }
+
     /// Stable `transactional.id` of one instance of a stage. With KIP-447 fencing through the
     /// consumer-group metadata it need not encode partitions; it must only be stable per instance so
     /// that a restarted instance fences its own zombie.

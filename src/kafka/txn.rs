@@ -226,7 +226,11 @@ impl OffsetTracker {
 }
 
 /// The group metadata a transaction needs to commit `consumer`'s offsets with KIP-447 fencing.
-pub fn group_metadata<C: Consumer>(consumer: &C) -> Result<ConsumerGroupMetadata, KafkaError> {
+pub fn group_metadata<X, C>(consumer: &C) -> Result<ConsumerGroupMetadata, KafkaError>
+where
+    X: rdkafka::consumer::ConsumerContext,
+    C: Consumer<X>,
+{
     consumer.group_metadata().ok_or(KafkaError::ClientCreation(
         "consumer has no group metadata (no group.id?)".into(),
     ))

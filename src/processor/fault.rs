@@ -1,0 +1,58 @@
+//! Test hook: crash or fail the processor at a chosen point of a chosen batch, so integration tests
+//! can prove recovery at exact places (random SIGKILLs cover the rest).
+//!
+//! `ONCEFLOW_TEST_FAULT=<point>:<batch>` (read once at start-up; unset in production):
+//! - `crash_before_commit:N`: in batch N, after every record and the offsets were sent to the
+//!   transaction, the process aborts (SIGABRT, no clean-up, like a power cut);
+//! - `crash_after_commit:N`: in batch N, right after the commit;
+//! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
+//!   and the batch is redone from the committed offsets.
+//!
+//! Invariant: with the variable unset, [`FaultPlan::hit`] is always false.
+
+/// Where a fault can be injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// After sending, before commit: crash.
+    CrashBeforeCommit,
+    /// Right after the commit: crash.
+    CrashAfterCommit,
+    /// Before commit: abort the transaction instead.
+    AbortBeforeCommit,
+}
+
+/// The fault to inject, if any.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FaultPlan {
+    fault: Option<(Point, u64)>,
+}
+
+/// The environment variable.
+pub const VARIABLE: &str = "ONCEFLOW_TEST_FAULT";
+
+impl FaultPlan {
+    /// Reads [`VARIABLE`]; an unknown value is ignored with a warning.
+    pub fn from_env() -> FaultPlan {
+        let Ok(spec) = std::env::var(VARIABLE) else {
+            return FaultPlan::default();
+        };
+        let parsed = spec.split_once(':').and_then(|(point, n)| {
+            let point = match point {
+                "crash_before_commit" => Point::CrashBeforeCommit,
+                "crash_after_commit" => Point::CrashAfterCommit,
+                "abort_before_commit" => Point::AbortBeforeCommit,
+                _ => return None,
+            };
+            Some((point, n.parse().ok()?))
+        });
+        if parsed.is_none() {
+            tracing::warn!(value = %spec, "ignoring unparsable {VARIABLE}");
+        }
+        FaultPlan { fault: parsed }
+    }
+
+    /// Whether to inject `point` in batch `batch` (1-based).
+    pub fn hit(&self, point: Point, batch: u64) -> bool {
+        self.fault == Some((point, batch))
+    }
+}
