@@ -111,6 +111,12 @@ impl Names {
         format!("{}.{adapter}.{stage}.replay", self.ns)
     }
 
+    /// Static group membership id (`group.instance.id`) of one instance of a stage: a restarted
+    /// instance takes its partitions back without a rebalance, and fences its dead predecessor.
+    pub fn static_member(&self, adapter: &str, stage: Stage, instance: &str) -> String {
+        format!("{}.{adapter}.{stage}.member.{instance}", self.ns)
+    }
+
     /// Id of the assign-only reader that restores a changelog (it never joins nor commits).
     pub fn changelog_reader(&self, adapter: &str, stage: Stage) -> String {
         format!("{}.{adapter}.{stage}.restore", self.ns)

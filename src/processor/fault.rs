@@ -51,6 +51,13 @@ impl FaultPlan {
         FaultPlan { fault: parsed }
     }
 
+    /// `point` in batch `batch` (1-based).
+    pub fn at(point: Point, batch: u64) -> FaultPlan {
+        FaultPlan {
+            fault: Some((point, batch)),
+        }
+    }
+
     /// Whether to inject `point` in batch `batch` (1-based).
     pub fn hit(&self, point: Point, batch: u64) -> bool {
         self.fault == Some((point, batch))

@@ -234,6 +234,12 @@ impl Processor {
         })
     }
 
+    /// Injects `fault` (tests; see [`fault`]).
+    pub fn with_fault(mut self, fault: FaultPlan) -> Processor {
+        self.fault = fault;
+        self
+    }
+
     fn name(&self) -> &str {
         self.adapter.name()
     }
@@ -263,13 +269,21 @@ impl Processor {
 
     fn consumer(&self) -> Result<Arc<Consumer_>, KafkaError> {
         let group = self.names.group(self.name(), Stage::Process);
+        let member = self.names.static_member(
+            self.name(),
+            Stage::Process,
+            &self.settings.processor.instance_id,
+        );
         let config = client::with_statistics(
-            client::consumer(
-                &self.settings.kafka,
-                &format!("{}.process", self.name()),
-                &group,
-                Isolation::ReadCommitted,
-                StartAt::Earliest,
+            client::with_static_membership(
+                client::consumer(
+                    &self.settings.kafka,
+                    &format!("{}.process", self.name()),
+                    &group,
+                    Isolation::ReadCommitted,
+                    StartAt::Earliest,
+                ),
+                &member,
             ),
             STATS_INTERVAL,
         );

@@ -157,3 +157,136 @@ pub async fn cleanup(settings: &Settings, topics: &[&str]) {
         let _ = admin.delete(topics).await;
     }
 }
+
+/// Creates every planned topic of `settings` (inputs, audit, each adapter's topics).
+pub async fn create_plan(settings: &Settings) {
+    let report = onceflow::ops::topics::create(settings).await.unwrap();
+    assert!(report.diffs.is_empty(), "{:?}", report.diffs);
+}
+
+/// Deletes every planned topic of `settings`.
+pub async fn cleanup_plan(settings: &Settings) {
+    let names: Vec<String> = onceflow::kafka::names::topic_plan(settings)
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    cleanup(settings, &refs).await;
+}
+
+/// A LeadCaptured event from source `test` with sender id `id`.
+pub fn lead(id: &str, email: &str) -> onceflow::model::Event {
+    let data = serde_json::json!({"email": email, "form_id": "test", "first_name": "T"});
+    let serde_json::Value::Object(map) = data else {
+        unreachable!()
+    };
+    onceflow::model::Event::new(
+        onceflow::model::EventType::LeadCaptured,
+        "test",
+        Some(id),
+        1_795_428_000_000,
+        map,
+        None,
+    )
+}
+
+/// Publishes `events` through the producer API, `concurrency` at a time; returns their ids.
+pub async fn publish(settings: &Settings, events: Vec<onceflow::model::Event>) -> Vec<String> {
+    let producer = std::sync::Arc::new(onceflow::ingest::Producer::new(settings).unwrap());
+    let mut set = tokio::task::JoinSet::new();
+    let mut ids = Vec::with_capacity(events.len());
+    for e in events {
+        while set.len() >= 128 {
+            ids.push(set.join_next().await.unwrap().unwrap());
+        }
+        let p = std::sync::Arc::clone(&producer);
+        set.spawn(async move { p.publish(&e).await.unwrap().event_id });
+    }
+    while let Some(r) = set.join_next().await {
+        ids.push(r.unwrap());
+    }
+    ids
+}
+
+/// Records of `topics` not yet committed by `group` (end offsets minus committed offsets).
+pub fn group_lag(settings: &Settings, group: &str, topics: &[String]) -> i64 {
+    let consumer: BaseConsumer = client::consumer(
+        &settings.kafka,
+        "test.lag",
+        group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()
+    .unwrap();
+    let mut lag = 0;
+    for topic in topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition(topic, p.id());
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .unwrap();
+        for e in committed.elements() {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, e.partition(), Duration::from_secs(10))
+                .unwrap();
+            let done = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            lag += (high - done).max(0);
+        }
+    }
+    lag
+}
+
+/// Waits until `group` has committed everything in `topics` (bounded by `limit`).
+pub async fn await_caught_up(settings: &Settings, group: &str, topics: &[String], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (s, g, t) = (settings.clone(), group.to_string(), topics.to_vec());
+        let lag = tokio::task::spawn_blocking(move || group_lag(&s, &g, &t))
+            .await
+            .unwrap();
+        if lag == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{group} still {lag} records behind after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The event id of every command in `outbox` (read_committed), decoded with the registry.
+pub async fn outbox_event_ids(settings: &Settings, outbox: &str) -> Vec<String> {
+    use onceflow::codec::Codec;
+    let (s, t) = (settings.clone(), outbox.to_string());
+    let raw = tokio::task::spawn_blocking(move || read_all_bytes(&s, &t, Isolation::ReadCommitted))
+        .await
+        .unwrap();
+    let codec = onceflow::codec::AvroCodec::new(&settings.registry).unwrap();
+    let mut ids = Vec::with_capacity(raw.len());
+    for r in raw {
+        let decoded = codec.decode(&r.value).await.unwrap();
+        let json = onceflow::model::json_avro::to_json(&decoded.value);
+        ids.push(json["meta"]["event_id"].as_str().unwrap().to_string());
+    }
+    ids.sort();
+    ids
+}
+
+/// Ids that occur more than once, and the count of each.
+pub fn doubles(ids: &[String]) -> Vec<(String, usize)> {
+    let mut counts = std::collections::BTreeMap::new();
+    for id in ids {
+        *counts.entry(id.clone()).or_insert(0) += 1;
+    }
+    counts.into_iter().filter(|(_, n)| *n > 1).collect()
+}
