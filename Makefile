@@ -52,3 +52,9 @@ stack-status:
 .PHONY: bench-ingest
 bench-ingest: stack-up
 	cargo bench --locked --bench ingest
+
+## bench-processor: records/s of the processor (exactly-once) vs. the same loop at-least-once,
+## Kafka Streams EOS v2 and Kafka's TransactionalMessageCopier (bench/PROCESSOR.md).
+.PHONY: bench-processor
+bench-processor:
+	bench/processor
