@@ -21,6 +21,8 @@ demo: stack-up build
 	@$(BIN) --log-format json ingest 2> target/demo-ingest.log & pid=$$!; \
 	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
 	$(BIN) demo webhooks
+	@echo "== processors (logs in target/demo-processors.log)"
+	@$(BIN) --log-format json demo processors 2> target/demo-processors.log
 
 ## test: start the local stack (if down) and run every test; prints the total at the end.
 test: stack-up

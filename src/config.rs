@@ -96,6 +96,12 @@ pub struct ProcessorSettings {
     pub dedupe_ttl: Duration,
     /// Bound on a graceful shutdown (finish the batch, commit, leave the group).
     pub shutdown_timeout: Duration,
+    /// Static group membership (`group.instance.id` from the instance id): a restarted instance
+    /// takes its partitions back without a rebalance, but a stopped one does not leave the group
+    /// (its partitions wait for the session timeout). Off by default.
+    pub static_membership: bool,
+    /// Address of the Prometheus `/metrics` listener of `onceflow process`, when wanted.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// HTTP intake (`onceflow ingest`).
@@ -374,6 +380,8 @@ struct RawProcessor {
     instance_id: Option<String>,
     dedupe_ttl_ms: u64,
     shutdown_timeout_ms: u64,
+    static_membership: bool,
+    metrics_listen: Option<String>,
 }
 
 impl Default for RawProcessor {
@@ -385,6 +393,8 @@ impl Default for RawProcessor {
             instance_id: None,
             dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
             shutdown_timeout_ms: 10_000,
+            static_membership: false,
+            metrics_listen: None,
         }
     }
 }
@@ -680,6 +690,12 @@ fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigErro
         instance_id,
         dedupe_ttl,
         shutdown_timeout,
+        static_membership: raw.static_membership,
+        metrics_listen: raw
+            .metrics_listen
+            .as_deref()
+            .map(|m| socket("processor.metrics_listen", m))
+            .transpose()?,
     })
 }
 

@@ -72,6 +72,9 @@ enum DemoPart {
         #[arg(long, default_value_t = 5)]
         records: usize,
     },
+    /// Run a processor for every configured adapter over the input topics until each has caught
+    /// up, and print what each did.
+    Processors,
     /// Post the signed sample webhooks (plus a duplicate, a bad signature, a schema violation) to a
     /// running `onceflow ingest` and print each answer.
     Webhooks {
@@ -168,6 +171,10 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             })?;
             let adapter = onceflow::adapters::build(&adapter, config)
                 .with_context(|| format!("no adapter named `{adapter}` in the registry"))?;
+            if let Some(listen) = settings.processor.metrics_listen {
+                telemetry::metrics::install_prometheus(listen)
+                    .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
+            }
             let processor = onceflow::processor::Processor::new(&settings, adapter)?;
             let (stop, stopped) = tokio::sync::watch::channel(false);
             let bound = settings.processor.shutdown_timeout;
@@ -292,6 +299,34 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     }
                 };
                 println!("  {}  {:<48} {what}", o.status, o.label);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            part: DemoPart::Processors,
+        } => {
+            let outcomes = ops::demo::run_processors(&settings)
+                .await
+                .context("demo processors")?;
+            let names = onceflow::kafka::names::Names::new(&settings);
+            println!(
+                "processors (one consumer group per adapter, one Kafka transaction per batch):"
+            );
+            for o in &outcomes {
+                let c = &o.counts;
+                println!(
+                    "  {:<10} {} events decided, {} commands to {}, {} duplicates dropped, {} retried, {} dead-lettered",
+                    o.adapter,
+                    c.ok,
+                    c.commands,
+                    names.outbox(&o.adapter),
+                    c.duplicate,
+                    c.retry,
+                    c.dlq
+                );
+                for (class, message) in &o.dead_letters {
+                    println!("  {:<10}   dead letter ({class}): {message}", "");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -194,12 +194,13 @@ async fn every_sample_webhook_is_accepted() {
         );
     }
     types.sort();
+    types.dedup();
     let mut all: Vec<String> = EventType::ALL
         .iter()
         .map(|t| t.name().to_string())
         .collect();
     all.sort();
-    assert_eq!(types, all, "one sample per event type");
+    assert_eq!(types, all, "a sample for every event type");
     common::cleanup(&s, &[&s.ingest.topic]).await;
 }
 

@@ -24,7 +24,8 @@ struct Harness {
 }
 
 impl Harness {
-    async fn new() -> Harness {
+    /// A fresh namespace; `static_membership` picks the group membership mode of the instances.
+    async fn new(static_membership: bool) -> Harness {
         let s = common::settings();
         create_plan(&s).await;
         let dir = std::env::temp_dir().join(format!("onceflow-crash-{}", s.namespace));
@@ -37,7 +38,7 @@ impl Harness {
                  [kafka]\nbootstrap_servers = '{b}'\ntransaction_timeout_ms = 20000\nmessage_timeout_ms = 15000\n\
                  session_timeout_ms = 6000\n\
                  [registry]\nurl = '{r}'\n[topics]\ninputs = ['{input}']\npartitions = {p}\n[adapters.crm]\n\
-                 [processor]\nbatch_max_records = 50\nbatch_max_ms = 50\n",
+                 [processor]\nbatch_max_records = 50\nbatch_max_ms = 50\nstatic_membership = {static_membership}\n",
                 ns = s.namespace,
                 b = s.kafka.bootstrap_servers,
                 r = s.registry.url,
@@ -54,6 +55,16 @@ impl Harness {
     }
 
     fn spawn(&self, instance: &str, fault: Option<&str>, run: usize) -> Child {
+        self.spawn_with(instance, fault, run, None)
+    }
+
+    fn spawn_with(
+        &self,
+        instance: &str,
+        fault: Option<&str>,
+        run: usize,
+        metrics: Option<u16>,
+    ) -> Child {
         let log = self.dir.join(format!("{instance}-{run}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_onceflow"));
         cmd.args([
@@ -70,6 +81,12 @@ impl Harness {
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
         if let Some(f) = fault {
             cmd.env("ONCEFLOW_TEST_FAULT", f);
+        }
+        if let Some(port) = metrics {
+            cmd.env(
+                "ONCEFLOW__PROCESSOR__METRICS_LISTEN",
+                format!("127.0.0.1:{port}"),
+            );
         }
         cmd.spawn().unwrap()
     }
@@ -172,7 +189,8 @@ async fn fill(s: &Settings, n: usize, duplicates: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_arbitrary_points_neither_loses_nor_doubles_a_command() {
-    let h = Harness::new().await;
+    // Static membership: each restart takes the partitions back without waiting for a rebalance.
+    let h = Harness::new(true).await;
     let ids = fill(&h.settings, 3_000, 300).await;
     assert_eq!(ids.len(), 3_300);
 
@@ -193,8 +211,35 @@ async fn sigkill_at_arbitrary_points_neither_loses_nor_doubles_a_command() {
         std::thread::sleep(Duration::from_millis(fastrand::u64(300..2_500)));
         kill(&mut child);
     }
-    let mut last = h.spawn("a", None, 7);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut last = h.spawn_with("a", None, 7, Some(port));
+    // Work for the last run whatever the earlier ones finished: new events and duplicates.
+    let mut late: Vec<_> = (0..50)
+        .map(|i| lead(&format!("late-{i}"), &format!("late{i}@x.io")))
+        .collect();
+    late.extend((0..10).map(|i| lead(&format!("C-{i}"), &format!("c{i}@x.io"))));
+    let mut ids = ids;
+    ids.extend(publish(&h.settings, late).await);
     await_caught_up(&h.settings, &h.group(), &h.settings.topics.inputs, CATCH_UP).await;
+    // Its metrics: outcomes, commit durations, lag, with bounded labels.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        r#"onceflow_processor_records_total{adapter="crm",outcome="ok"}"#,
+        r#"onceflow_processor_records_total{adapter="crm",outcome="duplicate"}"#,
+        "onceflow_processor_commit_seconds",
+        "onceflow_processor_rebalances_total",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
     terminate(&mut last, &h.dir);
 
     h.check_exactly_once(&ids).await;
@@ -203,7 +248,8 @@ async fn sigkill_at_arbitrary_points_neither_loses_nor_doubles_a_command() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_one_killed_mid_run_and_another_killed_while_joining() {
-    let h = Harness::new().await;
+    // Dynamic membership (the default): a killed member's partitions move once its session ends.
+    let h = Harness::new(false).await;
     let ids = fill(&h.settings, 2_000, 100).await;
 
     let mut a = h.spawn("a", None, 0);

@@ -295,3 +295,43 @@ impl Admin {
         Ok(())
     }
 }
+
+/// Records of `topics` that `group` has not committed yet: the sum over partitions of the end
+/// offset minus the committed offset (a partition without a commit counts from 0). Blocking; call
+/// it off the async runtime.
+pub fn group_lag(kafka: &KafkaSettings, group: &str, topics: &[String]) -> Result<i64, KafkaError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    use super::client::{self, Isolation, StartAt};
+
+    // Same group id to read its offsets; it never subscribes, so it never joins the group.
+    let consumer: BaseConsumer = client::consumer(
+        kafka,
+        "lag",
+        group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()?;
+    let mut lag = 0;
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), ADMIN_TIMEOUT)?;
+        let mut tpl = TopicPartitionList::new();
+        for t in metadata.topics() {
+            for p in t.partitions() {
+                tpl.add_partition(topic, p.id());
+            }
+        }
+        let committed = consumer.committed_offsets(tpl, ADMIN_TIMEOUT)?;
+        for e in committed.elements() {
+            let (_, high) = consumer.fetch_watermarks(topic, e.partition(), ADMIN_TIMEOUT)?;
+            let done = match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            };
+            lag += (high - done).max(0);
+        }
+    }
+    Ok(lag)
+}

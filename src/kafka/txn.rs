@@ -7,6 +7,11 @@
 //! - Offsets sent with a transaction are the *next* offsets to read (last consumed + 1), per
 //!   partition, and carry the consumer's group metadata, so a zombie from an older generation is
 //!   fenced by the group coordinator (KIP-447).
+//! - Before a commit, the caller awaits every delivery of the transaction ([`await_deliveries`]).
+//!   rdkafka's `commit_transaction` flushes first, and its flush waits for outstanding records by
+//!   polling a queue that the `FutureProducer`'s own thread drains, so with records still in
+//!   flight every commit stalls a full 100 ms poll interval; awaited deliveries leave nothing to
+//!   flush (and a failed delivery aborts the batch before the commit is even tried).
 //! - Every failure is classified once ([`TxErrorKind`]): `Fatal` (including fenced) means the producer
 //!   must be dropped and a new one initialised; `Abortable` means abort, rewind the consumer to the
 //!   committed offsets and redo the batch; `Retriable` means the same call may be repeated.
@@ -186,6 +191,24 @@ impl TxProducer {
     pub fn producer(&self) -> &FutureProducer {
         &self.inner
     }
+}
+
+/// Waits for every record of the open transaction to be acknowledged (see the module invariants).
+pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<(), TxError> {
+    for d in deliveries {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(TxError::new("delivery", e)),
+            Err(_) => {
+                return Err(TxError {
+                    op: "delivery",
+                    kind: TxErrorKind::Abortable,
+                    source: KafkaError::Canceled,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Tracks the next offset to commit per partition over a batch of consumed records.

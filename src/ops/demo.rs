@@ -346,3 +346,79 @@ async fn count_visible(
     }
     Ok(seen)
 }
+
+/// What one adapter's processor did in the demo.
+#[derive(Debug)]
+pub struct ProcessorOutcome {
+    /// Adapter.
+    pub adapter: String,
+    /// Its counts.
+    pub counts: crate::processor::Counts,
+    /// Dead letters this run added: (class, message).
+    pub dead_letters: Vec<(String, String)>,
+}
+
+/// Runs a processor for every configured adapter until each group has committed everything in the
+/// input topics, then stops them and reports what each did, with the reasons of new dead letters.
+pub async fn run_processors(settings: &Settings) -> Result<Vec<ProcessorOutcome>, DemoError> {
+    use crate::processor::Processor;
+    let names = Names::new(settings);
+    let started = crate::model::event::now_ms();
+    let mut running = Vec::new();
+    for (name, config) in &settings.adapters {
+        let adapter = crate::adapters::build(name, config)
+            .ok_or_else(|| DemoError::Samples(format!("no adapter named {name}")))?;
+        let processor =
+            Processor::new(settings, adapter).map_err(|e| DemoError::Samples(e.to_string()))?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { processor.run(stopped).await });
+        running.push((name.clone(), stop, task));
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for (name, _, _) in &running {
+        let group = names.group(name, Stage::Process);
+        loop {
+            let (kafka, g, inputs) = (
+                settings.kafka.clone(),
+                group.clone(),
+                settings.topics.inputs.clone(),
+            );
+            let lag = tokio::task::spawn_blocking(move || {
+                crate::kafka::admin::group_lag(&kafka, &g, &inputs)
+            })
+            .await?;
+            if matches!(lag, Ok(0)) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(DemoError::Timeout("the processors to catch up"));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let mut outcomes = Vec::new();
+    for (name, stop, task) in running {
+        let _ = stop.send(true);
+        let counts = task.await?.map_err(|e| DemoError::Samples(e.to_string()))?;
+        let (kafka, topic, reader) = (
+            settings.kafka.clone(),
+            names.dlq(&name, Stage::Process),
+            names.changelog_reader(&name, Stage::Process),
+        );
+        let letters =
+            tokio::task::spawn_blocking(move || super::dlq::read(&kafka, &topic, &reader))
+                .await??;
+        let dead_letters = letters
+            .into_iter()
+            .filter_map(|d| d.envelope)
+            .filter(|e| e.first_failed_at >= started)
+            .map(|e| (e.class.as_str().to_string(), e.message))
+            .collect();
+        outcomes.push(ProcessorOutcome {
+            adapter: name,
+            counts,
+            dead_letters,
+        });
+    }
+    Ok(outcomes)
+}

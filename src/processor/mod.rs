@@ -55,7 +55,9 @@ use crate::config::{Guarantee, Settings};
 use crate::dedupe::{Change, DedupeStore, RestoreError, restore};
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::names::{Names, Stage};
-use crate::kafka::txn::{OffsetTracker, TxError, TxErrorKind, TxProducer, group_metadata};
+use crate::kafka::txn::{
+    OffsetTracker, TxError, TxErrorKind, TxProducer, await_deliveries, group_metadata,
+};
 use crate::model::event::now_ms;
 use crate::model::headers::{ErrorClass, ErrorEnvelope, Origin};
 use crate::model::{Event, EventType};
@@ -102,6 +104,8 @@ enum SessionError {
 pub struct Counts {
     /// Events decided (commands written, possibly none).
     pub ok: u64,
+    /// Commands written to the outbox.
+    pub commands: u64,
     /// Duplicates dropped.
     pub duplicate: u64,
     /// Records sent to a retry tier.
@@ -269,24 +273,22 @@ impl Processor {
 
     fn consumer(&self) -> Result<Arc<Consumer_>, KafkaError> {
         let group = self.names.group(self.name(), Stage::Process);
-        let member = self.names.static_member(
-            self.name(),
-            Stage::Process,
-            &self.settings.processor.instance_id,
+        let mut config = client::consumer(
+            &self.settings.kafka,
+            &format!("{}.process", self.name()),
+            &group,
+            Isolation::ReadCommitted,
+            StartAt::Earliest,
         );
-        let config = client::with_statistics(
-            client::with_static_membership(
-                client::consumer(
-                    &self.settings.kafka,
-                    &format!("{}.process", self.name()),
-                    &group,
-                    Isolation::ReadCommitted,
-                    StartAt::Earliest,
-                ),
-                &member,
-            ),
-            STATS_INTERVAL,
-        );
+        if self.settings.processor.static_membership {
+            let member = self.names.static_member(
+                self.name(),
+                Stage::Process,
+                &self.settings.processor.instance_id,
+            );
+            config = client::with_static_membership(config, &member);
+        }
+        let config = client::with_statistics(config, STATS_INTERVAL);
         let context = ProcessorContext {
             adapter: self.name().to_string(),
             epoch: AtomicU64::new(0),
@@ -616,6 +618,7 @@ impl Session<'_> {
                     {
                         seen_in_batch.insert((*partition, event_id.clone()));
                     }
+                    tally.commands += cmds.len() as u64;
                     outs.extend(cmds);
                     changes.push(change);
                     tally.ok += 1;
@@ -699,6 +702,7 @@ impl Session<'_> {
                 .increment(n);
         }
         counts.ok += tally.ok;
+        counts.commands += tally.commands;
         counts.duplicate += tally.duplicate;
         counts.retry += tally.retry;
         counts.dlq += tally.dlq;
@@ -718,15 +722,17 @@ impl Session<'_> {
         };
         tx.begin().await.map_err(classify)?;
         let body = async {
+            let mut deliveries = Vec::with_capacity(outs.len());
             for o in outs {
-                tx.send(to_record(o))?;
+                deliveries.push(tx.send(to_record(o))?);
             }
             let group = group_metadata(self.consumer.as_ref()).map_err(|e| TxError {
                 op: "group_metadata",
                 kind: TxErrorKind::Abortable,
                 source: e,
             })?;
-            tx.send_offsets(offsets, group).await
+            tx.send_offsets(offsets, group).await?;
+            await_deliveries(deliveries).await
         };
         let sent = body.await;
         let fault = &self.p.fault;

@@ -208,50 +208,17 @@ pub async fn publish(settings: &Settings, events: Vec<onceflow::model::Event>) -
     ids
 }
 
-/// Records of `topics` not yet committed by `group` (end offsets minus committed offsets).
-pub fn group_lag(
-    settings: &Settings,
-    group: &str,
-    topics: &[String],
-) -> Result<i64, rdkafka::error::KafkaError> {
-    let consumer: BaseConsumer = client::consumer(
-        &settings.kafka,
-        "test.lag",
-        group,
-        Isolation::ReadCommitted,
-        StartAt::Earliest,
-    )
-    .create()?;
-    let mut lag = 0;
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-        let mut tpl = TopicPartitionList::new();
-        for p in metadata.topics()[0].partitions() {
-            tpl.add_partition(topic, p.id());
-        }
-        let committed = consumer.committed_offsets(tpl, Duration::from_secs(10))?;
-        for e in committed.elements() {
-            let (_, high) =
-                consumer.fetch_watermarks(topic, e.partition(), Duration::from_secs(10))?;
-            let done = match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            };
-            lag += (high - done).max(0);
-        }
-    }
-    Ok(lag)
-}
-
 /// Waits until `group` has committed everything in `topics` (bounded by `limit`). A client error
 /// (a time-out on a loaded machine) is retried until the limit.
 pub async fn await_caught_up(settings: &Settings, group: &str, topics: &[String], limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let (s, g, t) = (settings.clone(), group.to_string(), topics.to_vec());
-        let lag = tokio::task::spawn_blocking(move || group_lag(&s, &g, &t))
-            .await
-            .unwrap();
+        let lag = tokio::task::spawn_blocking(move || {
+            onceflow::kafka::admin::group_lag(&s.kafka, &g, &t)
+        })
+        .await
+        .unwrap();
         if matches!(lag, Ok(0)) {
             return;
         }
