@@ -16,39 +16,6 @@ fn lead_v1() -> RecordSchema {
         .clone()
 }
 
-fn some(s: &str) -> Value {
-    Value::Union(1, Box::new(Value::String(s.into())))
-}
-
-fn lead() -> Value {
-    let meta = Value::Record(vec![
-        ("event_id".into(), Value::String("evt-1".into())),
-        ("source".into(), Value::String("demo".into())),
-        ("source_event_id".into(), Value::String("form-42".into())),
-        ("type".into(), Value::String("LeadCaptured".into())),
-        (
-            "occurred_at".into(),
-            Value::TimestampMillis(1_763_900_000_000),
-        ),
-        (
-            "received_at".into(),
-            Value::TimestampMillis(1_763_900_000_123),
-        ),
-        ("correlation_id".into(), Value::String("corr-1".into())),
-        ("schema_version".into(), Value::Int(1)),
-    ]);
-    Value::Record(vec![
-        ("meta".into(), meta),
-        ("email".into(), Value::String("ada@example.com".into())),
-        ("first_name".into(), some("Ada")),
-        ("last_name".into(), Value::Union(0, Box::new(Value::Null))),
-        ("company".into(), some("Analytical Engines")),
-        ("phone".into(), Value::Union(0, Box::new(Value::Null))),
-        ("form_id".into(), Value::String("contact-us".into())),
-        ("consent_marketing".into(), Value::Boolean(true)),
-    ])
-}
-
 #[tokio::test]
 async fn a_schema_from_the_folder_round_trips_through_the_registry() {
     let s = common::settings();
@@ -57,14 +24,20 @@ async fn a_schema_from_the_folder_round_trips_through_the_registry() {
     let topic = &s.topics.inputs[0];
     let codec = AvroCodec::new(&s.registry).unwrap();
 
-    let bytes = codec.encode(topic, &schema, lead()).await.unwrap();
+    let bytes = codec
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
     assert_eq!(bytes[0], 0, "Confluent magic byte");
     let id = u32::from_be_bytes(bytes[1..5].try_into().unwrap());
 
     // A second encoder (no shared cache) gets the same id: the schema is registered under the
     // TopicRecordNameStrategy subject, not merely cached.
     let other = AvroCodec::new(&s.registry).unwrap();
-    let again = other.encode(topic, &schema, lead()).await.unwrap();
+    let again = other
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
     assert_eq!(u32::from_be_bytes(again[1..5].try_into().unwrap()), id);
 
     // A fresh decoder must fetch the writer schema by id from the registry.
@@ -73,7 +46,7 @@ async fn a_schema_from_the_folder_round_trips_through_the_registry() {
         .decode(&bytes)
         .await
         .unwrap();
-    assert_eq!(decoded.value, lead());
+    assert_eq!(decoded.value, common::lead_v1_value());
     assert_eq!(
         decoded.record_name.as_deref(),
         Some("io.onceflow.events.LeadCaptured")
@@ -106,7 +79,7 @@ async fn undecodable_bytes_are_typed_errors_not_panics() {
     // Truncated: a valid record cut short.
     let schema = lead_v1();
     let bytes = codec
-        .encode(&s.topics.inputs[0], &schema, lead())
+        .encode(&s.topics.inputs[0], &schema, common::lead_v1_value())
         .await
         .unwrap();
     let cut = &bytes[..bytes.len() - 10];

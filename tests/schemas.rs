@@ -25,49 +25,15 @@ fn catalog() -> Catalog {
 
 // ---- values ----
 
-fn some(s: &str) -> Value {
-    Value::Union(1, Box::new(Value::String(s.into())))
-}
-
-fn none() -> Value {
-    Value::Union(0, Box::new(Value::Null))
-}
-
-fn lead_v1() -> Value {
-    let meta = Value::Record(vec![
-        ("event_id".into(), Value::String("evt-1".into())),
-        ("source".into(), Value::String("demo".into())),
-        ("source_event_id".into(), Value::String("form-42".into())),
-        ("type".into(), Value::String("LeadCaptured".into())),
-        (
-            "occurred_at".into(),
-            Value::TimestampMillis(1_763_900_000_000),
-        ),
-        (
-            "received_at".into(),
-            Value::TimestampMillis(1_763_900_000_123),
-        ),
-        ("correlation_id".into(), Value::String("corr-1".into())),
-        ("schema_version".into(), Value::Int(1)),
-    ]);
-    Value::Record(vec![
-        ("meta".into(), meta),
-        ("email".into(), Value::String("ada@example.com".into())),
-        ("first_name".into(), some("Ada")),
-        ("last_name".into(), none()),
-        ("company".into(), some("Analytical Engines")),
-        ("phone".into(), none()),
-        ("form_id".into(), Value::String("contact-us".into())),
-        ("consent_marketing".into(), Value::Boolean(true)),
-    ])
-}
-
-/// `lead_v1()` with v2's field appended (`None` → null).
+/// `common::lead_v1_value()` with v2's field appended (`None` → null).
 fn lead_v2(utm_campaign: Option<&str>) -> Value {
-    let Value::Record(mut fields) = lead_v1() else {
+    let Value::Record(mut fields) = common::lead_v1_value() else {
         unreachable!()
     };
-    fields.push(("utm_campaign".into(), utm_campaign.map_or_else(none, some)));
+    fields.push((
+        "utm_campaign".into(),
+        utm_campaign.map_or_else(common::none, common::some),
+    ));
     Value::Record(fields)
 }
 
@@ -326,7 +292,7 @@ fn lead_v1_data_reads_as_v2_and_v2_data_as_v1() {
     let v1 = catalog.get("lead_captured", 1).unwrap();
     let v2 = catalog.get("lead_captured", 2).unwrap();
 
-    let old = encode(v1, lead_v1());
+    let old = encode(v1, common::lead_v1_value());
     assert_eq!(
         read(v1, v2, &old),
         lead_v2(None),
@@ -334,7 +300,11 @@ fn lead_v1_data_reads_as_v2_and_v2_data_as_v1() {
     );
 
     let new = encode(v2, lead_v2(Some("spring-launch")));
-    assert_eq!(read(v2, v1, &new), lead_v1(), "utm_campaign is dropped");
+    assert_eq!(
+        read(v2, v1, &new),
+        common::lead_v1_value(),
+        "utm_campaign is dropped"
+    );
     assert_eq!(read(v2, v2, &new), lead_v2(Some("spring-launch")));
 }
 
@@ -350,7 +320,10 @@ async fn lead_v1_and_v2_resolve_both_ways_through_the_registry() {
     // One codec for both: the versions share the TopicRecordNameStrategy subject, and a codec that
     // cached one schema per subject would encode the v2 value with the v1 schema (and fail).
     let codec = AvroCodec::new(&s.registry).unwrap();
-    let old = codec.encode(topic, v1, lead_v1()).await.unwrap();
+    let old = codec
+        .encode(topic, v1, common::lead_v1_value())
+        .await
+        .unwrap();
     let new = codec
         .encode(topic, v2, lead_v2(Some("spring-launch")))
         .await
@@ -361,7 +334,7 @@ async fn lead_v1_and_v2_resolve_both_ways_through_the_registry() {
     let decoder = AvroCodec::new(&s.registry).unwrap();
     let written_old = decoder.decode(&old).await.unwrap();
     assert_eq!(written_old.record_name.as_deref(), Some(LEAD));
-    assert_eq!(written_old.value, lead_v1());
+    assert_eq!(written_old.value, common::lead_v1_value());
     assert_eq!(
         written_old.value.resolve(v2.schema()).unwrap(),
         lead_v2(None)
@@ -370,5 +343,8 @@ async fn lead_v1_and_v2_resolve_both_ways_through_the_registry() {
     let written_new = decoder.decode(&new).await.unwrap();
     assert_eq!(written_new.record_name.as_deref(), Some(LEAD));
     assert_eq!(written_new.value, lead_v2(Some("spring-launch")));
-    assert_eq!(written_new.value.resolve(v1.schema()).unwrap(), lead_v1());
+    assert_eq!(
+        written_new.value.resolve(v1.schema()).unwrap(),
+        common::lead_v1_value()
+    );
 }

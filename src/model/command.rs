@@ -16,7 +16,7 @@ use serde_json::{Map, Value as Json};
 
 use super::event::{Event, now_ms};
 use super::identity;
-use super::json_avro::{FieldError, record_to_avro, to_avro, to_json};
+use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro};
 use crate::codec::RecordSchema;
 
 /// The command types of the built-in adapters.
@@ -135,26 +135,7 @@ impl Command {
 
     /// The command's Avro record in `schema`.
     pub fn to_avro(&self, schema: &RecordSchema) -> Result<Value, FieldError> {
-        let apache_avro::Schema::Record(record) = schema.schema() else {
-            return Err(FieldError {
-                field: String::new(),
-                detail: "schema is not a record".into(),
-            });
-        };
-        let meta_schema = record
-            .fields
-            .iter()
-            .find(|f| f.name == "meta")
-            .ok_or_else(|| FieldError {
-                field: "meta".into(),
-                detail: "schema has no meta field".into(),
-            })?;
-        let meta_json = serde_json::to_value(&self.meta).map_err(|e| FieldError {
-            field: "meta".into(),
-            detail: e.to_string(),
-        })?;
-        let meta = to_avro(&meta_json, &meta_schema.schema, "meta")?;
-        record_to_avro(&self.data, record, "", vec![("meta", meta)])
+        envelope_to_avro(&self.meta, &self.data, schema.schema(), "")
     }
 
     /// A command from its decoded record (`key` is the record's key).
@@ -163,25 +144,12 @@ impl Command {
         command_type: CommandType,
         key: String,
     ) -> Result<Command, FieldError> {
-        let Json::Object(mut fields) = to_json(value) else {
-            return Err(FieldError {
-                field: String::new(),
-                detail: "not a record".into(),
-            });
-        };
-        let meta = fields.remove("meta").ok_or_else(|| FieldError {
-            field: "meta".into(),
-            detail: "missing".into(),
-        })?;
-        let meta: CommandMeta = serde_json::from_value(meta).map_err(|e| FieldError {
-            field: "meta".into(),
-            detail: e.to_string(),
-        })?;
+        let (meta, data) = envelope_from_avro(value)?;
         Ok(Command {
             meta,
             command_type,
             key,
-            data: fields,
+            data,
         })
     }
 }

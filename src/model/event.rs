@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use super::identity;
-use super::json_avro::{FieldError, record_to_avro, to_avro, to_json};
+use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro};
 use crate::codec::RecordSchema;
 
 /// The event types of the product's domain.
@@ -424,48 +424,16 @@ impl Event {
             field: "type".into(),
             detail: format!("unknown event type `{}`", self.meta.event_type),
         })?;
-        let apache_avro::Schema::Record(record) = schema.schema() else {
-            return Err(FieldError {
-                field: "type".into(),
-                detail: "schema is not a record".into(),
-            });
-        };
         self.meta.schema_version = i32::try_from(version).unwrap_or(i32::MAX);
-        let meta_schema = record
-            .fields
-            .iter()
-            .find(|f| f.name == "meta")
-            .ok_or_else(|| FieldError {
-                field: "meta".into(),
-                detail: "schema has no meta field".into(),
-            })?;
-        let meta_json = serde_json::to_value(&self.meta).map_err(|e| FieldError {
-            field: "meta".into(),
-            detail: e.to_string(),
-        })?;
-        let meta = to_avro(&meta_json, &meta_schema.schema, "meta")?;
-        let value = record_to_avro(&self.data, record, "data", vec![("meta", meta)])?;
+        let value = envelope_to_avro(&self.meta, &self.data, schema.schema(), "data")?;
         self.check_rules(t)?;
         Ok(value)
     }
 
     /// The event in an Avro record (as decoded, possibly resolved to a reader schema).
     pub fn from_avro(value: &Value) -> Result<Event, FieldError> {
-        let Json::Object(mut fields) = to_json(value) else {
-            return Err(FieldError {
-                field: String::new(),
-                detail: "not a record".into(),
-            });
-        };
-        let meta = fields.remove("meta").ok_or_else(|| FieldError {
-            field: "meta".into(),
-            detail: "missing".into(),
-        })?;
-        let meta: EventMeta = serde_json::from_value(meta).map_err(|e| FieldError {
-            field: "meta".into(),
-            detail: e.to_string(),
-        })?;
-        Ok(Event { meta, data: fields })
+        let (meta, data) = envelope_from_avro(value)?;
+        Ok(Event { meta, data })
     }
 }
 

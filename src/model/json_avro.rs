@@ -186,6 +186,41 @@ pub fn record_to_avro(
     Ok(Value::Record(fields))
 }
 
+/// The record of `schema` for an envelope `meta` (the record's `meta` field) and `data` (every
+/// other field): how events and commands become Avro. `data_path` prefixes field names in errors.
+pub fn envelope_to_avro<M: serde::Serialize>(
+    meta: &M,
+    data: &Map<String, Json>,
+    schema: &Schema,
+    data_path: &str,
+) -> Result<Value, FieldError> {
+    let Schema::Record(record) = schema else {
+        return Err(err("", "schema is not a record"));
+    };
+    let meta_field = record
+        .fields
+        .iter()
+        .find(|f| f.name == "meta")
+        .ok_or_else(|| err("meta", "schema has no meta field"))?;
+    let meta_json = serde_json::to_value(meta).map_err(|e| err("meta", e.to_string()))?;
+    let meta = to_avro(&meta_json, &meta_field.schema, "meta")?;
+    record_to_avro(data, record, data_path, vec![("meta", meta)])
+}
+
+/// The inverse of [`envelope_to_avro`]: the `meta` field read into `M`, the other fields as JSON.
+pub fn envelope_from_avro<M: serde::de::DeserializeOwned>(
+    value: &Value,
+) -> Result<(M, Map<String, Json>), FieldError> {
+    let Json::Object(mut fields) = to_json(value) else {
+        return Err(err("", "not a record"));
+    };
+    let meta = fields
+        .remove("meta")
+        .ok_or_else(|| err("meta", "missing"))?;
+    let meta = serde_json::from_value(meta).map_err(|e| err("meta", e.to_string()))?;
+    Ok((meta, fields))
+}
+
 /// Converts an Avro value back into JSON (unions unwrap; timestamps become epoch milliseconds).
 pub fn to_json(value: &Value) -> Json {
     match value {

@@ -256,3 +256,44 @@ pub fn doubles(ids: &[String]) -> Vec<(String, usize)> {
     }
     counts.into_iter().filter(|(_, n)| *n > 1).collect()
 }
+
+/// Avro `Union` of a present string (branch 1 of `["null", "string"]`).
+pub fn some(s: &str) -> apache_avro::types::Value {
+    apache_avro::types::Value::Union(1, Box::new(apache_avro::types::Value::String(s.into())))
+}
+
+/// Avro `Union` of null (branch 0).
+pub fn none() -> apache_avro::types::Value {
+    apache_avro::types::Value::Union(0, Box::new(apache_avro::types::Value::Null))
+}
+
+/// A LeadCaptured v1 record as an Avro value, for codec and schema tests.
+pub fn lead_v1_value() -> apache_avro::types::Value {
+    use apache_avro::types::Value;
+    let meta = Value::Record(vec![
+        ("event_id".into(), Value::String("evt-1".into())),
+        ("source".into(), Value::String("demo".into())),
+        ("source_event_id".into(), Value::String("form-42".into())),
+        ("type".into(), Value::String("LeadCaptured".into())),
+        (
+            "occurred_at".into(),
+            Value::TimestampMillis(1_763_900_000_000),
+        ),
+        (
+            "received_at".into(),
+            Value::TimestampMillis(1_763_900_000_123),
+        ),
+        ("correlation_id".into(), Value::String("corr-1".into())),
+        ("schema_version".into(), Value::Int(1)),
+    ]);
+    Value::Record(vec![
+        ("meta".into(), meta),
+        ("email".into(), Value::String("ada@example.com".into())),
+        ("first_name".into(), some("Ada")),
+        ("last_name".into(), none()),
+        ("company".into(), some("Analytical Engines")),
+        ("phone".into(), none()),
+        ("form_id".into(), Value::String("contact-us".into())),
+        ("consent_marketing".into(), Value::Boolean(true)),
+    ])
+}
