@@ -146,6 +146,28 @@ impl Harness {
     }
 }
 
+/// Client ids of the members of `group`, as the coordinator sees them.
+fn group_members(s: &Settings, group: &str) -> Vec<String> {
+    use onceflow::kafka::client::{self, Isolation, StartAt};
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = client::consumer(
+        &s.kafka,
+        "test.groups",
+        "test.groups",
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()
+    .unwrap();
+    let list = c
+        .fetch_group_list(Some(group), Duration::from_secs(10))
+        .unwrap();
+    list.groups()
+        .iter()
+        .flat_map(|g| g.members().iter().map(|m| m.client_id().to_string()))
+        .collect()
+}
+
 fn kill(child: &mut Child) {
     child.kill().unwrap(); // SIGKILL: no clean-up, no leave-group, an open transaction left open
     child.wait().unwrap();
@@ -261,7 +283,22 @@ async fn two_instances_one_killed_mid_run_and_another_killed_while_joining() {
     kill(&mut c); // while the group rebalances to let it in
 
     await_caught_up(&h.settings, &h.group(), &h.settings.topics.inputs, CATCH_UP).await;
+    // SIGTERM leaves the group at once: b's membership is gone well before its 6 s session could
+    // have expired. (Killed members may linger until the coordinator drops them.)
+    let is_b = |id: &String| id.ends_with(".process.b");
+    assert!(
+        group_members(&h.settings, &h.group()).iter().any(is_b),
+        "b is a member"
+    );
     terminate(&mut b, &h.dir);
+    let left = Instant::now();
+    while group_members(&h.settings, &h.group()).iter().any(is_b) {
+        assert!(
+            left.elapsed() < Duration::from_secs(3),
+            "b is still a member 3 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     h.check_exactly_once(&ids).await;
     h.finish().await;
 }

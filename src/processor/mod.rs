@@ -81,9 +81,6 @@ pub enum ProcessError {
     /// The schema catalog or codec could not be built.
     #[error(transparent)]
     Codec(#[from] CodecError),
-    /// The adapter's topics are not in the settings.
-    #[error("{0}")]
-    Setup(String),
 }
 
 /// Why a session (one consumer + producer pair) ended.
@@ -273,9 +270,15 @@ impl Processor {
 
     fn consumer(&self) -> Result<Arc<Consumer_>, KafkaError> {
         let group = self.names.group(self.name(), Stage::Process);
+        // The instance in the client id names the member in the group's member list.
+        let role = format!(
+            "{}.process.{}",
+            self.name(),
+            self.settings.processor.instance_id
+        );
         let mut config = client::consumer(
             &self.settings.kafka,
-            &format!("{}.process", self.name()),
+            &role,
             &group,
             Isolation::ReadCommitted,
             StartAt::Earliest,
@@ -343,23 +346,10 @@ impl Processor {
             last_sweep: Instant::now(),
         };
         let result = s.run(shutdown, counts).await;
-        // Leave the group promptly (a dropped consumer closes; unsubscribing first revokes at once).
-        if let Err(e) = s.consumer.unsubscribe_and_close() {
-            debug!(error = %e, "closing the consumer");
-        }
+        // Leave the group now (dynamic membership), rather than after the session timeout; the
+        // consumer is closed when the session drops it.
+        s.consumer.unsubscribe();
         result
-    }
-}
-
-/// Closing helper: unsubscribe so the group rebalances now rather than after the session timeout.
-trait Close {
-    fn unsubscribe_and_close(&self) -> Result<(), KafkaError>;
-}
-
-impl Close for Consumer_ {
-    fn unsubscribe_and_close(&self) -> Result<(), KafkaError> {
-        self.unsubscribe();
-        Ok(())
     }
 }
 
