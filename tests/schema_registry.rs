@@ -101,3 +101,33 @@ async fn a_value_that_does_not_match_its_schema_is_refused_before_the_registry()
         })
     ));
 }
+
+#[tokio::test]
+async fn without_auto_registration_an_unregistered_subject_is_an_error_and_a_registered_one_works()
+{
+    let s = common::settings();
+    let topic = &s.topics.inputs[0];
+    let schema = lead_v1();
+    let mut production = s.registry.clone();
+    production.auto_register = false;
+    let strict = AvroCodec::new(&production).unwrap();
+
+    match strict.encode(topic, &schema, common::lead_v1_value()).await {
+        Err(e @ CodecError::Encode { .. }) => assert!(!e.is_retriable(), "{e}"),
+        other => panic!("expected an encode error for an unregistered subject, got {other:?}"),
+    }
+
+    // Registered (here by a codec that may register; in production by CI), the same strict codec
+    // finds the subject on its next attempt, with the registered id: the failure was not cached.
+    let registering = AvroCodec::new(&s.registry).unwrap();
+    let registered = registering
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    let bytes = strict
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    assert_eq!(bytes[1..5], registered[1..5], "same schema id");
+    assert_eq!(bytes, registered);
+}

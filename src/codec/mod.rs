@@ -8,6 +8,9 @@
 //!   used and a missing subject is an error. schema_registry_converter caches by subject alone, so
 //!   [`AvroCodec`] keeps one encoder per schema text: two versions of one record on one topic (same
 //!   subject) are each encoded with their own schema, never with whichever came first.
+//! - A failed encode is not remembered: a subject registered later (by CI, with `auto_register`
+//!   off) is found by the next attempt without a restart. Decoding failures stay cached, so a flood
+//!   of records with an unknown schema id does not hammer the registry.
 //! - Decoding never panics: a bad magic byte, an unknown schema id or truncated bytes is a
 //!   [`CodecError::Decode`] that says whether a retry could help (registry unreachable) or not.
 //! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
@@ -244,13 +247,19 @@ impl AvroCodec {
                 retriable: false,
             });
         }
-        self.encoder_for(schema)
+        let encoder = self.encoder_for(schema);
+        encoder
             .encode_value(value, &self.strategy(topic, schema))
             .await
-            .map_err(|e| CodecError::Encode {
-                subject: schema.subject(topic),
-                reason: describe(&e),
-                retriable: e.retriable,
+            .map_err(|e| {
+                // schema_registry_converter caches non-retriable errors (a subject not registered
+                // yet); forget them so that the next attempt asks the registry again.
+                encoder.remove_errors_from_cache();
+                CodecError::Encode {
+                    subject: schema.subject(topic),
+                    reason: describe(&e),
+                    retriable: e.retriable,
+                }
             })
     }
 
