@@ -208,11 +208,13 @@ impl AvroCodec {
     fn encoder_for(&self, schema: &RecordSchema) -> Arc<AvroEncoder> {
         // A poisoned lock only means another encode panicked mid-insert; the map is still valid.
         let mut encoders = self.encoders.lock().unwrap_or_else(|p| p.into_inner());
-        Arc::clone(
-            encoders
-                .entry(schema.json.clone())
-                .or_insert_with(|| Arc::new(AvroEncoder::new(self.registry.clone()))),
-        )
+        // Look up by reference: the schema text is only copied when its encoder is created.
+        if let Some(encoder) = encoders.get(schema.json.as_str()) {
+            return Arc::clone(encoder);
+        }
+        let encoder = Arc::new(AvroEncoder::new(self.registry.clone()));
+        encoders.insert(schema.json.clone(), Arc::clone(&encoder));
+        encoder
     }
 
     fn strategy(&self, topic: &str, schema: &RecordSchema) -> SubjectNameStrategy {
