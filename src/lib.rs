@@ -23,8 +23,10 @@
 //! - [`codec`]: Avro in the Confluent wire format through a schema registry; the schema catalog.
 //! - [`model`]: events, identities (event ids, entity keys), JSON ↔ Avro.
 //! - [`ingest`]: the producer API and the signed HTTP intake.
-//! - [`processor`]: the transactional consume → decide → produce loop; [`dedupe`] its store;
-//!   [`retry`] its tiers.
+//! - [`stage`]: the transactional-stage skeleton shared by the processor and the dispatcher
+//!   (consume, handle, then commit outputs, store changes and offsets in one transaction);
+//!   [`retry`] its tiers; [`dedupe`] the keyed changelog stores (dedupe store, effect ledger).
+//! - [`processor`]: the stage that turns events into commands.
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
@@ -38,4 +40,5 @@ pub mod model;
 pub mod ops;
 pub mod processor;
 pub mod retry;
+pub mod stage;
 pub mod telemetry;

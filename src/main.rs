@@ -189,10 +189,10 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
             let counts = processor.run(stopped).await?;
             println!(
                 "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
-                counts.ok,
-                counts.duplicate,
-                counts.retry,
-                counts.dlq,
+                counts.tally.ok,
+                counts.tally.duplicate,
+                counts.tally.retry,
+                counts.tally.dlq,
                 counts.batches,
                 counts.aborts,
                 counts.rejoins
@@ -313,12 +313,12 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                 "processors (one consumer group per adapter, one Kafka transaction per batch):"
             );
             for o in &outcomes {
-                let c = &o.counts;
+                let c = &o.counts.tally;
                 println!(
                     "  {:<10} {} events decided, {} commands to {}, {} duplicates dropped, {} retried, {} dead-lettered",
                     o.adapter,
                     c.ok,
-                    c.commands,
+                    c.outputs,
                     names.outbox(&o.adapter),
                     c.duplicate,
                     c.retry,

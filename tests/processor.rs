@@ -20,8 +20,9 @@ use onceflow::model::command::{Command, CommandType};
 use onceflow::model::event::now_ms;
 use onceflow::model::headers::{ErrorClass, ErrorEnvelope, name};
 use onceflow::model::{Event, identity};
-use onceflow::processor::fault::{FaultPlan, Point};
-use onceflow::processor::{Counts, Processor};
+use onceflow::processor::Processor;
+use onceflow::stage::Counts;
+use onceflow::stage::fault::{FaultPlan, Point};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
@@ -78,14 +79,18 @@ async fn duplicates_yield_one_command_and_still_one_after_a_restart() {
     let running = Running::start(crm(&s));
     await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
     let first = running.stop().await;
-    assert_eq!((first.ok, first.duplicate), (2, 1), "{first:?}");
+    assert_eq!((first.tally.ok, first.tally.duplicate), (2, 1), "{first:?}");
 
     // After a restart the dedupe state comes back from the changelog.
     publish(&s, vec![lead("L-1", "a@x.io"), lead("L-3", "c@x.io")]).await;
     let running = Running::start(crm(&s));
     await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
     let second = running.stop().await;
-    assert_eq!((second.ok, second.duplicate), (1, 1), "{second:?}");
+    assert_eq!(
+        (second.tally.ok, second.tally.duplicate),
+        (1, 1),
+        "{second:?}"
+    );
 
     let ids = outbox_event_ids(&s, &outbox).await;
     let mut want: Vec<String> = ["L-1", "L-2", "L-3"]
@@ -171,7 +176,7 @@ async fn poison_pills_go_to_the_dlq_with_their_reason_while_the_good_records_aro
     let running = Running::start(crm(&s));
     await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
     let counts = running.stop().await;
-    assert_eq!((counts.ok, counts.dlq), (4, 4), "{counts:?}");
+    assert_eq!((counts.tally.ok, counts.tally.dlq), (4, 4), "{counts:?}");
 
     let ids = outbox_event_ids(&s, &names.outbox("crm")).await;
     let mut want: Vec<String> = (1..=4)
@@ -367,7 +372,7 @@ async fn retryable_failures_wait_their_tier_without_blocking_others_then_dead_le
     };
     let counts = running.stop().await;
     assert_eq!(
-        (counts.retry, counts.dlq, counts.ok),
+        (counts.tally.retry, counts.tally.dlq, counts.tally.ok),
         (2, 1, 6),
         "{counts:?}"
     );

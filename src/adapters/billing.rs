@@ -1,10 +1,21 @@
 //! `billing`: an invoice request becomes a Stripe-style invoice creation, validated as the billing
 //! API would validate it, so a request it would refuse goes to the DLQ at once instead of failing
 //! at delivery.
+//!
+//! Delivery is Stripe's `POST /v1/invoices`, form-encoded, with the command id as
+//! `Idempotency-Key`: the provider replays its stored answer to a repeat (`Idempotent-Replayed:
+//! true`) for 24 hours, answers 409 while the same key is in flight (retried), and 400 to the same
+//! key with other parameters (permanent). Money is at stake, so a command in doubt is parked by
+//! default even though the provider honours keys: after 24 hours a resend would be a second
+//! invoice.
+
+use std::time::Duration;
 
 use serde_json::{Value as Json, json};
 
-use super::{Adapter, AdapterError, required};
+use super::delivery::{CallContext, DeliveryError, Idempotency, Plan, Receipt, Request, Response};
+use super::{Adapter, AdapterError, bearer, id_of, required};
+use crate::config::InDoubt;
 use crate::model::command::{Command, CommandType};
 use crate::model::identity::normalize_email;
 use crate::model::{Event, EventType};
@@ -82,6 +93,85 @@ impl Adapter for Billing {
             data,
         )?])
     }
+
+    fn idempotency(&self) -> Idempotency {
+        Idempotency::Keys
+    }
+
+    fn default_in_doubt(&self) -> InDoubt {
+        InDoubt::Park
+    }
+
+    fn plan(&self, command: &Command, cx: &CallContext<'_>) -> Result<Plan, DeliveryError> {
+        let d = &command.data;
+        let field = |name: &str| match d.get(name) {
+            Some(Json::String(s)) => Some(s.clone()),
+            Some(Json::Number(n)) => Some(n.to_string()),
+            _ => None,
+        };
+        let missing = |name: &str| DeliveryError::Permanent {
+            reason: format!("the command has no {name}"),
+            status: None,
+        };
+        let mut fields = vec![
+            (
+                "customer".to_string(),
+                field("customer_id").ok_or_else(|| missing("customer_id"))?,
+            ),
+            (
+                "currency".to_string(),
+                field("currency")
+                    .ok_or_else(|| missing("currency"))?
+                    .to_ascii_lowercase(),
+            ),
+            (
+                "amount".to_string(),
+                field("amount_minor").ok_or_else(|| missing("amount_minor"))?,
+            ),
+            (
+                "description".to_string(),
+                field("description").unwrap_or_default(),
+            ),
+            ("collection_method".to_string(), "send_invoice".to_string()),
+        ];
+        match d.get("due_at").and_then(Json::as_i64) {
+            Some(ms) => fields.push(("due_date".into(), ms.div_euclid(1000).to_string())),
+            None => fields.push(("days_until_due".into(), "30".into())),
+        }
+        fields.push((
+            "metadata[onceflow_command_id]".into(),
+            command.meta.command_id.clone(),
+        ));
+        fields.push((
+            "metadata[onceflow_event_id]".into(),
+            command.meta.event_id.clone(),
+        ));
+        let request = Request::post_form("/v1/invoices", &fields)
+            .header("idempotency-key", &command.meta.command_id);
+        Ok(Plan::Call(bearer(request, cx)))
+    }
+
+    fn receipt(
+        &self,
+        _command: &Command,
+        response: &Response,
+        now_ms: i64,
+    ) -> Result<Receipt, DeliveryError> {
+        if response.status == 409
+            && id_of(response, "/error/code").as_deref() == Some("idempotency_key_in_use")
+        {
+            return Err(DeliveryError::Retry {
+                after: Some(Duration::from_secs(1)),
+                message: "the same idempotency key is in flight at the provider".into(),
+                status: Some(409),
+            });
+        }
+        super::delivery::check_status(self.name(), response, now_ms)?;
+        Ok(Receipt {
+            provider_id: id_of(response, "/id"),
+            replayed: response.header("idempotent-replayed") == Some("true"),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +185,65 @@ mod tests {
         assert_eq!(c.command_type, CommandType::InvoiceCreate);
         assert_eq!(c.data["amount_minor"], 1999);
         assert_eq!(c.key, "cus_42");
+    }
+
+    #[test]
+    fn an_invoice_is_form_encoded_with_the_command_id_as_idempotency_key() {
+        let c = &Billing.decide(&invoice("EUR", 1999, "cus_42")).unwrap()[0];
+        let cx = CallContext {
+            credentials: Some("sk_test"),
+            hop: 0,
+            now_ms: 0,
+        };
+        let Plan::Call(r) = Billing.plan(c, &cx).unwrap() else {
+            panic!()
+        };
+        let body = String::from_utf8(r.body).unwrap();
+        assert!(
+            body.contains("customer=cus_42&currency=eur&amount=1999"),
+            "{body}"
+        );
+        assert!(
+            body.contains("metadata%5Bonceflow_command_id%5D="),
+            "{body}"
+        );
+        assert_eq!(r.content_type, "application/x-www-form-urlencoded");
+        assert!(
+            r.headers
+                .contains(&("idempotency-key".into(), c.meta.command_id.clone()))
+        );
+        let replay = Response {
+            status: 200,
+            headers: vec![("idempotent-replayed".into(), "true".into())],
+            body: br#"{"id":"in_1"}"#.to_vec(),
+        };
+        let receipt = Billing.receipt(c, &replay, 0).unwrap();
+        assert_eq!(
+            (receipt.provider_id.as_deref(), receipt.replayed),
+            (Some("in_1"), true)
+        );
+        let in_flight = Response {
+            status: 409,
+            headers: vec![],
+            body: br#"{"error":{"type":"idempotency_error","code":"idempotency_key_in_use"}}"#
+                .to_vec(),
+        };
+        assert!(matches!(
+            Billing.receipt(c, &in_flight, 0),
+            Err(DeliveryError::Retry { .. })
+        ));
+        let mismatch = Response {
+            status: 400,
+            headers: vec![],
+            body: br#"{"error":{"type":"idempotency_error"}}"#.to_vec(),
+        };
+        assert!(matches!(
+            Billing.receipt(c, &mismatch, 0),
+            Err(DeliveryError::Permanent {
+                status: Some(400),
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -1,8 +1,14 @@
-//! Adapters: pure decision logic that turns an event into commands for one external system.
+//! Adapters: pure logic for one external system. For the processor, `decide` turns an event into
+//! commands; for the dispatcher, `plan` turns a command into the HTTP request that delivers it and
+//! `receipt` reads the provider's answer ([`delivery`]). The dispatcher does the I/O.
 //!
 //! Invariants:
-//! - No adapter imports rdkafka or does I/O in `decide`: given the same event it returns the same
-//!   commands (up to `created_at`), so a batch redone after a crash decides the same work.
+//! - No adapter imports rdkafka or an HTTP library, or does I/O: given the same event `decide`
+//!   returns the same commands (up to `created_at`), so a batch redone after a crash decides the
+//!   same work; given the same command and context `plan` builds the same request.
+//! - Every request carries the command id as the provider's idempotency key, in the form that
+//!   provider understands (header, field, webhook id); [`Adapter::idempotency`] says whether the
+//!   provider honours it, which decides the default in-doubt policy.
 //! - Every failure carries its disposition: [`AdapterError::Retry`] (with an optional delay the
 //!   adapter knows, like a Retry-After) goes through the retry tiers, [`AdapterError::Permanent`]
 //!   goes straight to the DLQ.
@@ -12,6 +18,7 @@
 mod analytics;
 mod billing;
 mod crm;
+pub mod delivery;
 mod email;
 mod webhook;
 
@@ -20,9 +27,10 @@ use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
 
-use crate::config::AdapterSettings;
+use crate::config::{AdapterSettings, InDoubt};
 use crate::model::command::Command;
 use crate::model::{Event, FieldError};
+use delivery::{CallContext, DeliveryError, Idempotency, Plan, Receipt, Response};
 
 /// Every built-in adapter, by name.
 pub const NAMES: [&str; 5] = ["analytics", "billing", "crm", "email", "webhook"];
@@ -61,6 +69,43 @@ pub trait Adapter: Send + Sync {
 
     /// The commands `event` calls for.
     fn decide(&self, event: &Event) -> Result<Vec<Command>, AdapterError>;
+
+    /// How the provider treats a repeated call.
+    fn idempotency(&self) -> Idempotency {
+        Idempotency::None
+    }
+
+    /// The in-doubt policy when the settings name none: resend where the provider can tell a
+    /// duplicate, park where it cannot.
+    fn default_in_doubt(&self) -> InDoubt {
+        match self.idempotency() {
+            Idempotency::Keys | Idempotency::Natural => InDoubt::Resend,
+            Idempotency::None => InDoubt::Park,
+        }
+    }
+
+    /// The request that delivers `command` (or how long it must wait first).
+    fn plan(&self, command: &Command, _cx: &CallContext<'_>) -> Result<Plan, DeliveryError> {
+        Err(DeliveryError::Permanent {
+            reason: format!(
+                "adapter {} cannot deliver {}",
+                self.name(),
+                command.command_type
+            ),
+            status: None,
+        })
+    }
+
+    /// What the provider's answer to `command`'s request means.
+    fn receipt(
+        &self,
+        _command: &Command,
+        response: &Response,
+        now_ms: i64,
+    ) -> Result<Receipt, DeliveryError> {
+        delivery::check_status(self.name(), response, now_ms)?;
+        Ok(Receipt::default())
+    }
 }
 
 /// The built-in adapter `name`, configured.
@@ -69,7 +114,7 @@ pub fn build(name: &str, settings: &AdapterSettings) -> Option<Arc<dyn Adapter>>
         "analytics" => Arc::new(analytics::Analytics),
         "billing" => Arc::new(billing::Billing),
         "crm" => Arc::new(crm::Crm),
-        "email" => Arc::new(email::Email),
+        "email" => Arc::new(email::Email::new(settings)),
         "webhook" => Arc::new(webhook::Webhook::new(settings)),
         _ => return None,
     })
@@ -84,6 +129,28 @@ fn text<'a>(data: &'a Map<String, Json>, name: &str) -> Option<&'a str> {
 fn required<'a>(data: &'a Map<String, Json>, name: &str) -> Result<&'a str, AdapterError> {
     text(data, name).ok_or_else(|| AdapterError::Permanent {
         reason: format!("data.{name} is missing"),
+    })
+}
+
+/// `Authorization: Bearer <credentials>`, when there are credentials.
+fn bearer(request: delivery::Request, cx: &CallContext<'_>) -> delivery::Request {
+    match cx.credentials {
+        Some(key) => request.header("authorization", format!("Bearer {key}")),
+        None => request,
+    }
+}
+
+/// RFC 3339 text of an epoch-ms time (UTC).
+fn rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+}
+
+/// The id field `field` of a JSON answer, as text.
+fn id_of(response: &Response, pointer: &str) -> Option<String> {
+    response.json()?.pointer(pointer).and_then(|v| match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        _ => None,
     })
 }
 

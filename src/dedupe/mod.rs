@@ -1,19 +1,24 @@
-//! The processor's dedupe store: event ids seen within a TTL, per input partition, backed by the
-//! compacted changelog `<ns>.<adapter>.dedupe`.
+//! Keyed changelog stores: the processor's dedupe store (event ids seen within a TTL) and the
+//! dispatcher's effect ledger (command ids attempting or done) are both a [`Store`] of entries per
+//! partition, backed by a compacted changelog topic (`<ns>.<adapter>.dedupe`,
+//! `<ns>.<adapter>.ledger`) and restored from it when a partition is assigned.
 //!
 //! Invariants:
-//! - Partition `p` of the store holds the ids of events read from partition `p` of the inputs (and
-//!   of the process-stage retry topics, whose records keep their origin partition). Every duplicate
-//!   of an event has the event's key, hence its partition, hence meets the original's entry.
-//! - A change reaches the changelog in the same transaction as the commands and offsets it belongs
-//!   to, and reaches memory only after that transaction committed ([`DedupeStore::apply`]); an
-//!   aborted batch leaves no trace in either.
+//! - Partition `p` of a store holds the keys of records read from partition `p` of the stage's
+//!   inputs (and of its retry topics, whose records keep their origin partition). Every duplicate
+//!   of an event, and every copy of a command, has the same key, hence partition, hence meets the
+//!   original's entry.
+//! - A change reaches the changelog in the same transaction as the outputs and offsets it belongs
+//!   to, and reaches memory only after that transaction committed ([`Store::apply`]); an aborted
+//!   batch leaves no trace in either.
 //! - Restoring a partition reads its changelog from the beginning with `read_committed` up to the
 //!   high watermark taken before reading: while a zombie's transaction is open the read waits (the
 //!   last stable offset is held back), so entries committed after it are never missed. The wait is
 //!   bounded by the transaction timeout.
-//! - Entries older than the TTL are dropped on restore and tombstoned by [`DedupeStore::expired`]
-//!   sweeps, so the compacted changelog does not grow without bound.
+//! - Entries older than the TTL are dropped on restore and tombstoned by [`Store::expired`] sweeps,
+//!   so the compacted changelog does not grow without bound.
+//! - The changelog value of an entry is its [`Entry::encode`] text; a value that does not decode is
+//!   treated as a tombstone.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -26,58 +31,89 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::KafkaSettings;
 use crate::kafka::client::{self, Isolation, StartAt};
 
-/// One change of the store, as written to the changelog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Change {
-    /// `event_id` was processed at `at` (epoch ms).
-    Seen {
+/// What a store keeps per key.
+pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
+    /// When the entry was written (epoch ms); the TTL counts from here.
+    fn at(&self) -> i64;
+    /// The changelog value.
+    fn encode(&self) -> String;
+    /// The entry of a changelog value, if it is one.
+    fn decode(value: &str) -> Option<Self>;
+}
+
+/// The dedupe store's entry: when an event was processed (epoch ms). Its changelog value is the
+/// decimal number.
+impl Entry for i64 {
+    fn at(&self) -> i64 {
+        *self
+    }
+
+    fn encode(&self) -> String {
+        self.to_string()
+    }
+
+    fn decode(value: &str) -> Option<i64> {
+        value.parse().ok()
+    }
+}
+
+/// One change of a store, as written to the changelog.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change<E> {
+    /// `key` now maps to `entry`.
+    Put {
         /// Partition.
         partition: i32,
-        /// Event id.
-        event_id: String,
-        /// Epoch ms.
-        at: i64,
+        /// Event id or command id.
+        key: String,
+        /// The entry.
+        entry: E,
     },
-    /// `event_id` expired (a tombstone).
+    /// `key` is forgotten (a tombstone).
     Forget {
         /// Partition.
         partition: i32,
-        /// Event id.
-        event_id: String,
+        /// Event id or command id.
+        key: String,
     },
 }
 
-impl Change {
+impl<E: Entry> Change<E> {
     /// The changelog record: (partition, key, value; `None` is a tombstone).
     pub fn record(&self) -> (i32, &str, Option<String>) {
         match self {
-            Change::Seen {
+            Change::Put {
                 partition,
-                event_id,
-                at,
-            } => (*partition, event_id, Some(at.to_string())),
-            Change::Forget {
-                partition,
-                event_id,
-            } => (*partition, event_id, None),
+                key,
+                entry,
+            } => (*partition, key, Some(entry.encode())),
+            Change::Forget { partition, key } => (*partition, key, None),
         }
     }
 }
 
 /// The in-memory store of the partitions this instance owns.
 #[derive(Debug)]
-pub struct DedupeStore {
+pub struct Store<E> {
     ttl_ms: i64,
-    partitions: HashMap<i32, HashMap<String, i64>>,
+    partitions: HashMap<i32, HashMap<String, E>>,
 }
 
-impl DedupeStore {
-    /// An empty store remembering ids for `ttl`.
-    pub fn new(ttl: Duration) -> DedupeStore {
-        DedupeStore {
+/// The processor's dedupe store: event id → when it was processed.
+pub type DedupeStore = Store<i64>;
+
+impl<E: Entry> Store<E> {
+    /// An empty store remembering keys for `ttl`.
+    pub fn new(ttl: Duration) -> Store<E> {
+        Store {
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             partitions: HashMap::new(),
         }
+    }
+
+    /// The TTL.
+    pub fn ttl(&self) -> Duration {
+        Duration::from_millis(u64::try_from(self.ttl_ms).unwrap_or(u64::MAX))
     }
 
     /// Partitions present.
@@ -86,7 +122,7 @@ impl DedupeStore {
     }
 
     /// Installs a restored partition.
-    pub fn insert_partition(&mut self, partition: i32, entries: HashMap<String, i64>) {
+    pub fn insert_partition(&mut self, partition: i32, entries: HashMap<String, E>) {
         self.partitions.insert(partition, entries);
     }
 
@@ -95,34 +131,36 @@ impl DedupeStore {
         self.partitions.remove(&partition);
     }
 
-    /// Whether `event_id` was seen on `partition` within the TTL before `now`.
-    pub fn contains(&self, partition: i32, event_id: &str, now: i64) -> bool {
+    /// The entry of `key` on `partition`, if written within the TTL before `now`.
+    pub fn get(&self, partition: i32, key: &str, now: i64) -> Option<&E> {
         self.partitions
             .get(&partition)
-            .and_then(|p| p.get(event_id))
-            .is_some_and(|at| now.saturating_sub(*at) < self.ttl_ms)
+            .and_then(|p| p.get(key))
+            .filter(|e| now.saturating_sub(e.at()) < self.ttl_ms)
+    }
+
+    /// Whether `key` is present on `partition` within the TTL before `now`.
+    pub fn contains(&self, partition: i32, key: &str, now: i64) -> bool {
+        self.get(partition, key, now).is_some()
     }
 
     /// Applies the changes of a committed transaction.
-    pub fn apply(&mut self, changes: &[Change]) {
+    pub fn apply(&mut self, changes: &[Change<E>]) {
         for c in changes {
             match c {
-                Change::Seen {
+                Change::Put {
                     partition,
-                    event_id,
-                    at,
+                    key,
+                    entry,
                 } => {
                     self.partitions
                         .entry(*partition)
                         .or_default()
-                        .insert(event_id.clone(), *at);
+                        .insert(key.clone(), entry.clone());
                 }
-                Change::Forget {
-                    partition,
-                    event_id,
-                } => {
+                Change::Forget { partition, key } => {
                     if let Some(p) = self.partitions.get_mut(partition) {
-                        p.remove(event_id);
+                        p.remove(key);
                     }
                 }
             }
@@ -130,16 +168,16 @@ impl DedupeStore {
     }
 
     /// Tombstones for entries past the TTL at `now` (at most `limit`, to keep transactions small).
-    pub fn expired(&self, now: i64, limit: usize) -> Vec<Change> {
+    pub fn expired(&self, now: i64, limit: usize) -> Vec<Change<E>> {
         self.partitions
             .iter()
             .flat_map(|(p, entries)| {
                 entries
                     .iter()
-                    .filter(move |(_, at)| now.saturating_sub(**at) >= self.ttl_ms)
-                    .map(move |(id, _)| Change::Forget {
+                    .filter(move |(_, e)| now.saturating_sub(e.at()) >= self.ttl_ms)
+                    .map(move |(key, _)| Change::Forget {
                         partition: *p,
-                        event_id: id.clone(),
+                        key: key.clone(),
                     })
             })
             .take(limit)
@@ -161,11 +199,11 @@ impl DedupeStore {
 #[derive(Debug, thiserror::Error)]
 pub enum RestoreError {
     /// A client call failed.
-    #[error("restoring the dedupe store: {0}")]
+    #[error("restoring a changelog store: {0}")]
     Kafka(#[from] KafkaError),
     /// The changelog did not become readable up to its end in time (an open transaction).
     #[error(
-        "restoring the dedupe store: {topic} partition {partition} stuck below offset {target} after {waited:?}"
+        "restoring a changelog store: {topic} partition {partition} stuck below offset {target} after {waited:?}"
     )]
     Stuck {
         /// Changelog topic.
@@ -181,7 +219,7 @@ pub enum RestoreError {
 
 /// Reads `partitions` of `changelog` into store partitions (blocking; run it on a blocking thread).
 /// `reader_group` is only an id (the reader assigns, never joins nor commits).
-pub fn restore(
+pub fn restore<E: Entry>(
     kafka: &KafkaSettings,
     changelog: &str,
     reader_group: &str,
@@ -189,9 +227,9 @@ pub fn restore(
     ttl: Duration,
     now: i64,
     max_wait: Duration,
-) -> Result<HashMap<i32, HashMap<String, i64>>, RestoreError> {
+) -> Result<HashMap<i32, HashMap<String, E>>, RestoreError> {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let mut out: HashMap<i32, HashMap<String, i64>> =
+    let mut out: HashMap<i32, HashMap<String, E>> =
         partitions.iter().map(|p| (*p, HashMap::new())).collect();
     if partitions.is_empty() {
         return Ok(out);
@@ -240,10 +278,10 @@ pub fn restore(
             match m
                 .payload()
                 .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.parse::<i64>().ok())
+                .and_then(E::decode)
             {
-                Some(at) if now.saturating_sub(at) < ttl_ms => {
-                    entries.insert(key.to_string(), at);
+                Some(entry) if now.saturating_sub(entry.at()) < ttl_ms => {
+                    entries.insert(key.to_string(), entry);
                 }
                 _ => {
                     entries.remove(key);
@@ -281,10 +319,10 @@ mod tests {
     #[test]
     fn seen_ids_expire_after_the_ttl() {
         let mut s = DedupeStore::new(Duration::from_secs(10));
-        s.apply(&[Change::Seen {
+        s.apply(&[Change::Put {
             partition: 1,
-            event_id: "e".into(),
-            at: 1_000,
+            key: "e".into(),
+            entry: 1_000,
         }]);
         assert!(s.contains(1, "e", 10_999));
         assert!(!s.contains(1, "e", 11_000));
@@ -293,7 +331,7 @@ mod tests {
             s.expired(11_000, 10),
             vec![Change::Forget {
                 partition: 1,
-                event_id: "e".into()
+                key: "e".into()
             }]
         );
         s.apply(&s.expired(11_000, 10));
@@ -302,16 +340,16 @@ mod tests {
 
     #[test]
     fn changelog_records_are_keyed_by_event_id() {
-        let seen = Change::Seen {
+        let seen = Change::Put {
             partition: 3,
-            event_id: "e-1".into(),
-            at: 42,
+            key: "e-1".to_string(),
+            entry: 42_i64,
         };
         assert_eq!(seen.record(), (3, "e-1", Some("42".into())));
         assert_eq!(
-            Change::Forget {
+            Change::<i64>::Forget {
                 partition: 3,
-                event_id: "e-1".into()
+                key: "e-1".into()
             }
             .record(),
             (3, "e-1", None)

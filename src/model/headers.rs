@@ -41,6 +41,19 @@ pub mod name {
     pub const STAGE: &str = "onceflow.stage";
     /// Correlation id of the event, when it could be read.
     pub const CORRELATION_ID: &str = "onceflow.correlation_id";
+    /// HTTP status of the external API's answer, when a delivery failed on one.
+    pub const HTTP_STATUS: &str = "onceflow.error.http_status";
+    /// Hops an event has made through onceflow and external automations (ingest refuses an event
+    /// past `ingest.max_hops`); carried from an event to its commands and outgoing webhooks.
+    pub const HOP: &str = "onceflow.hop";
+    /// W3C trace context, carried from ingest to the provider.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// On a command: when onceflow accepted the event it was decided from (epoch ms), for the
+    /// end-to-end latency measured at the provider's answer.
+    pub const EVENT_RECEIVED_AT: &str = "onceflow.event.received_at";
+
+    /// Headers a command inherits from the event record it was decided from.
+    pub const INHERITED: [&str; 2] = [HOP, TRACEPARENT];
     /// Replay: DLQ coordinates (`topic/partition/offset`) of the replayed record.
     pub const REPLAY_OF: &str = "onceflow.replay.of";
     /// Replay: the operator's reason.
@@ -49,7 +62,7 @@ pub mod name {
     pub const REPLAY_AT: &str = "onceflow.replay.at";
 
     /// The envelope's headers, replaced on every hop.
-    pub const ENVELOPE: [&str; 11] = [
+    pub const ENVELOPE: [&str; 12] = [
         ERROR_CLASS,
         ERROR_MESSAGE,
         ATTEMPT,
@@ -61,6 +74,7 @@ pub mod name {
         ADAPTER,
         STAGE,
         CORRELATION_ID,
+        HTTP_STATUS,
     ];
 }
 
@@ -80,16 +94,20 @@ pub enum ErrorClass {
     Schema,
     /// A call ran out of time.
     Timeout,
+    /// A delivery was attempted and its outcome is unknown (a crash or a lost answer between the
+    /// call and the commit) at a provider that cannot tell a duplicate: an operator decides.
+    InDoubt,
 }
 
 impl ErrorClass {
     /// Every class.
-    pub const ALL: [ErrorClass; 5] = [
+    pub const ALL: [ErrorClass; 6] = [
         ErrorClass::Retryable,
         ErrorClass::Permanent,
         ErrorClass::Decode,
         ErrorClass::Schema,
         ErrorClass::Timeout,
+        ErrorClass::InDoubt,
     ];
 
     /// Header value.
@@ -100,6 +118,7 @@ impl ErrorClass {
             ErrorClass::Decode => "decode",
             ErrorClass::Schema => "schema",
             ErrorClass::Timeout => "timeout",
+            ErrorClass::InDoubt => "in_doubt",
         }
     }
 
@@ -147,6 +166,8 @@ pub struct ErrorEnvelope {
     pub stage: Stage,
     /// Correlation id, when known.
     pub correlation_id: Option<String>,
+    /// HTTP status of the external API's answer, when a delivery failed on one.
+    pub http_status: Option<u16>,
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -196,7 +217,14 @@ impl ErrorEnvelope {
             adapter: adapter.to_string(),
             stage,
             correlation_id,
+            http_status: None,
         }
+    }
+
+    /// The envelope with the HTTP status of the answer the delivery failed on.
+    pub fn with_http_status(mut self, status: Option<u16>) -> ErrorEnvelope {
+        self.http_status = status;
+        self
     }
 
     /// Reads the envelope of a record, when it has a complete one.
@@ -221,6 +249,7 @@ impl ErrorEnvelope {
             adapter: g(name::ADAPTER)?,
             stage,
             correlation_id: g(name::CORRELATION_ID),
+            http_status: g(name::HTTP_STATUS).and_then(|s| s.parse().ok()),
         })
     }
 
@@ -255,6 +284,10 @@ impl ErrorEnvelope {
         ];
         if let Some(c) = &self.correlation_id {
             pairs.push((name::CORRELATION_ID, c));
+        }
+        let status = self.http_status.map(|s| s.to_string());
+        if let Some(s) = &status {
+            pairs.push((name::HTTP_STATUS, s));
         }
         for (key, value) in pairs {
             out = out.insert(Header {
@@ -308,7 +341,9 @@ mod tests {
                 value: Some(&[0u8, 159, 146, 150][..]),
             });
         let hop1 = envelope(1, ErrorClass::Retryable).headers_for(Some(&original));
-        let hop2 = envelope(2, ErrorClass::Permanent).headers_for(Some(&hop1));
+        let hop2 = envelope(2, ErrorClass::Permanent)
+            .with_http_status(Some(400))
+            .headers_for(Some(&hop1));
         let keys: Vec<&str> = hop2.iter().map(|h| h.key).collect();
         assert_eq!(
             keys.iter().filter(|k| **k == name::ATTEMPT).count(),
@@ -330,7 +365,10 @@ mod tests {
             "non-UTF-8 headers travel byte for byte"
         );
         let read = ErrorEnvelope::read(Some(&hop2)).unwrap();
-        assert_eq!((read.attempt, read.class), (2, ErrorClass::Permanent));
+        assert_eq!(
+            (read.attempt, read.class, read.http_status),
+            (2, ErrorClass::Permanent, Some(400))
+        );
     }
 
     #[test]

@@ -353,7 +353,7 @@ pub struct ProcessorOutcome {
     /// Adapter.
     pub adapter: String,
     /// Its counts.
-    pub counts: crate::processor::Counts,
+    pub counts: crate::stage::Counts,
     /// Dead letters this run added: (class, message).
     pub dead_letters: Vec<(String, String)>,
 }

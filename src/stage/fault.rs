@@ -1,9 +1,13 @@
-//! Test hook: crash or fail the processor at a chosen point of a chosen batch, so integration tests
-//! can prove recovery at exact places (random SIGKILLs cover the rest).
+//! Test hook: crash or fail a transactional stage (processor or dispatcher) at a chosen point of a
+//! chosen batch, so integration tests can prove recovery at exact places (random SIGKILLs cover the
+//! rest).
 //!
 //! `ONCEFLOW_TEST_FAULT=<point>:<batch>` (read once at start-up; unset in production):
 //! - `crash_before_commit:N`: in batch N, after every record and the offsets were sent to the
-//!   transaction, the process aborts (SIGABRT, no clean-up, like a power cut);
+//!   transaction, the process aborts (SIGABRT, no clean-up, like a power cut); for the dispatcher
+//!   this is after the batch's HTTP calls were made and before their results are committed;
+//! - `crash_after_marks:N`: in batch N, right after the dispatcher committed its "attempting" marks
+//!   and before it made any call;
 //! - `crash_after_commit:N`: in batch N, right after the commit;
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets.
@@ -19,6 +23,8 @@ pub enum Point {
     CrashAfterCommit,
     /// Before commit: abort the transaction instead.
     AbortBeforeCommit,
+    /// After the "attempting" marks were committed, before any call: crash.
+    CrashAfterMarks,
 }
 
 /// The fault to inject, if any.
@@ -41,6 +47,7 @@ impl FaultPlan {
                 "crash_before_commit" => Point::CrashBeforeCommit,
                 "crash_after_commit" => Point::CrashAfterCommit,
                 "abort_before_commit" => Point::AbortBeforeCommit,
+                "crash_after_marks" => Point::CrashAfterMarks,
                 _ => return None,
             };
             Some((point, n.parse().ok()?))

@@ -8,6 +8,9 @@
 //! - Names that end up inside topic or group names (namespace, adapters, input topics) are checked
 //!   against Kafka's legal topic characters here, so the names module never builds an illegal name.
 //! - Secrets never live in the file: later sections read them from the environment or a file path.
+//!
+//! The sections of each role live beside this file: `stage.rs` (processor and dispatcher),
+//! `ingest.rs` and `adapters.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,7 +22,17 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-use crate::model::EventType;
+mod adapters;
+mod ingest;
+mod stage;
+
+pub use adapters::{AdapterSettings, BreakerSettings, InDoubt};
+pub use ingest::{IngestSettings, SourceSettings};
+pub use stage::{DispatcherSettings, Guarantee, ProcessorSettings, StageSettings};
+
+use adapters::RawAdapter;
+use ingest::RawIngest;
+use stage::{RawDispatcher, RawProcessor};
 
 /// Prefix of environment overrides; `__` separates nesting levels (`ONCEFLOW__KAFKA__BOOTSTRAP_SERVERS`).
 pub const ENV_PREFIX: &str = "ONCEFLOW__";
@@ -68,70 +81,8 @@ pub struct Settings {
     pub ingest: IngestSettings,
     /// The transactional processor.
     pub processor: ProcessorSettings,
-}
-
-/// Delivery guarantee of the processor loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guarantee {
-    /// Outputs, dedupe changes and offsets in one Kafka transaction per batch.
-    ExactlyOnce,
-    /// The same loop without a transaction: outputs flushed, then offsets committed. A crash in
-    /// between redoes the batch. For comparison (benchmarks), not for production.
-    AtLeastOnce,
-}
-
-/// The processor (`onceflow process --adapter NAME`).
-#[derive(Debug, Clone)]
-pub struct ProcessorSettings {
-    /// Exactly-once (default) or at-least-once.
-    pub guarantee: Guarantee,
-    /// Most records in one transaction.
-    pub batch_max_records: usize,
-    /// Longest time a batch collects records before it is committed.
-    pub batch_max: Duration,
-    /// This instance's stable name: its `transactional.id` is derived from it, so a restarted
-    /// instance fences its own zombie. Two live instances must have different names.
-    pub instance_id: String,
-    /// How long the dedupe store remembers an event id.
-    pub dedupe_ttl: Duration,
-    /// Bound on a graceful shutdown (finish the batch, commit, leave the group).
-    pub shutdown_timeout: Duration,
-    /// Static group membership (`group.instance.id` from the instance id): a restarted instance
-    /// takes its partitions back without a rebalance, but a stopped one does not leave the group
-    /// (its partitions wait for the session timeout). Off by default.
-    pub static_membership: bool,
-    /// Address of the Prometheus `/metrics` listener of `onceflow process`, when wanted.
-    pub metrics_listen: Option<SocketAddr>,
-}
-
-/// HTTP intake (`onceflow ingest`).
-#[derive(Debug, Clone)]
-pub struct IngestSettings {
-    /// Address of the HTTP API.
-    pub listen: SocketAddr,
-    /// Address of the Prometheus `/metrics` listener.
-    pub metrics_listen: SocketAddr,
-    /// Input topic events are published to (one of `topics.inputs`).
-    pub topic: String,
-    /// Longest wait for the broker's acknowledgement before answering 503.
-    pub publish_timeout: Duration,
-    /// Senders, by the `{source}` of `POST /v1/sources/{source}/events`.
-    pub sources: BTreeMap<String, SourceSettings>,
-}
-
-/// One sender of webhooks.
-#[derive(Debug, Clone)]
-pub struct SourceSettings {
-    /// Where the HMAC secret comes from; resolved by the ingest role at its start-up.
-    pub secret: SecretRef,
-    /// Event types this source may send.
-    pub allowed_types: Vec<EventType>,
-    /// Sustained requests per second (token-bucket refill).
-    pub rate_per_second: u32,
-    /// Requests allowed in a burst (bucket size).
-    pub burst: u32,
-    /// Largest accepted body.
-    pub max_body_bytes: usize,
+    /// The dispatcher.
+    pub dispatcher: DispatcherSettings,
 }
 
 /// Where a secret comes from. Never from the settings file itself.
@@ -218,15 +169,6 @@ pub struct RetrySettings {
     pub tiers: Vec<Duration>,
 }
 
-/// Per-adapter settings.
-#[derive(Debug, Clone, Default)]
-pub struct AdapterSettings {
-    /// Base URL of the external system the adapter talks to, when it has one configured.
-    pub base_url: Option<String>,
-    /// Event types the adapter acts on, when it is configurable (the `webhook` adapter).
-    pub event_types: Option<Vec<EventType>>,
-}
-
 // ----- raw (as parsed) shapes; every field defaults so that a partial file plus env works -----
 
 #[derive(Debug, Deserialize)]
@@ -240,6 +182,7 @@ struct Raw {
     adapters: BTreeMap<String, RawAdapter>,
     ingest: RawIngest,
     processor: RawProcessor,
+    dispatcher: RawDispatcher,
 }
 
 impl Default for Raw {
@@ -253,43 +196,9 @@ impl Default for Raw {
             adapters: BTreeMap::new(),
             ingest: RawIngest::default(),
             processor: RawProcessor::default(),
+            dispatcher: RawDispatcher::default(),
         }
     }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawIngest {
-    listen: String,
-    metrics_listen: String,
-    topic: Option<String>,
-    publish_timeout_ms: u64,
-    max_body_bytes: usize,
-    sources: BTreeMap<String, RawSource>,
-}
-
-impl Default for RawIngest {
-    fn default() -> Self {
-        RawIngest {
-            listen: "127.0.0.1:8080".into(),
-            metrics_listen: "127.0.0.1:9464".into(),
-            topic: None,
-            publish_timeout_ms: 10_000,
-            max_body_bytes: 256 * 1024,
-            sources: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawSource {
-    secret_env: Option<String>,
-    secret_file: Option<PathBuf>,
-    allowed_types: Option<Vec<String>>,
-    rate_per_second: Option<u32>,
-    burst: Option<u32>,
-    max_body_bytes: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -364,41 +273,6 @@ impl Default for RawRetry {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawAdapter {
-    base_url: Option<String>,
-    event_types: Option<Vec<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawProcessor {
-    guarantee: String,
-    batch_max_records: usize,
-    batch_max_ms: u64,
-    instance_id: Option<String>,
-    dedupe_ttl_ms: u64,
-    shutdown_timeout_ms: u64,
-    static_membership: bool,
-    metrics_listen: Option<String>,
-}
-
-impl Default for RawProcessor {
-    fn default() -> Self {
-        RawProcessor {
-            guarantee: "exactly_once".into(),
-            batch_max_records: 500,
-            batch_max_ms: 100,
-            instance_id: None,
-            dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
-            shutdown_timeout_ms: 10_000,
-            static_membership: false,
-            metrics_listen: None,
-        }
-    }
-}
-
 impl Settings {
     /// Loads `path` (when given) under the environment overrides and validates the result.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -431,7 +305,7 @@ impl Settings {
     }
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
@@ -439,7 +313,7 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 }
 
 /// Accepts a name part that will be embedded in topic and group names.
-fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
+pub(crate) fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
     if value.is_empty() {
         return Err(invalid(key, "must not be empty"));
     }
@@ -461,7 +335,7 @@ fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn millis(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+pub(crate) fn millis(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
     if ms < min || ms > max {
         return Err(invalid(key, format!("{ms} ms is outside {min}..={max} ms")));
     }
@@ -567,60 +441,10 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         .map(|(i, ms)| millis(&format!("retry.tiers_ms[{i}]"), *ms, 1, 86_400_000))
         .collect::<Result<Vec<_>, _>>()?;
 
-    if raw.adapters.is_empty() {
-        return Err(invalid(
-            "adapters",
-            "enable at least one adapter, e.g. [adapters.crm]",
-        ));
-    }
-    let mut adapters = BTreeMap::new();
-    for (name, a) in raw.adapters {
-        check_name(&format!("adapters.{name}"), &name)?;
-        if let Some(url) = &a.base_url
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            return Err(invalid(
-                format!("adapters.{name}.base_url"),
-                format!("`{url}` is not an http(s) URL"),
-            ));
-        }
-        if !crate::adapters::NAMES.contains(&name.as_str()) {
-            return Err(invalid(
-                format!("adapters.{name}"),
-                format!(
-                    "no such adapter; the registry has {}",
-                    crate::adapters::NAMES.join(", ")
-                ),
-            ));
-        }
-        let event_types = match a.event_types {
-            None => None,
-            Some(names) => Some(
-                names
-                    .iter()
-                    .enumerate()
-                    .map(|(i, n)| {
-                        EventType::from_name(n).ok_or_else(|| {
-                            invalid(
-                                format!("adapters.{name}.event_types[{i}]"),
-                                format!("unknown event type `{n}`"),
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-            ),
-        };
-        adapters.insert(
-            name,
-            AdapterSettings {
-                base_url: a.base_url,
-                event_types,
-            },
-        );
-    }
-
-    let ingest = validate_ingest(raw.ingest, &t.inputs)?;
-    let processor = validate_processor(raw.processor)?;
+    let adapters = adapters::validate(raw.adapters)?;
+    let ingest = ingest::validate(raw.ingest, &t.inputs)?;
+    let processor = stage::validate_processor(raw.processor)?;
+    let dispatcher = stage::validate_dispatcher(raw.dispatcher)?;
 
     Ok(Settings {
         namespace: raw.namespace,
@@ -645,161 +469,20 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         adapters,
         ingest,
         processor,
+        dispatcher,
     })
 }
 
-fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigError> {
-    let guarantee = match raw.guarantee.as_str() {
-        "exactly_once" => Guarantee::ExactlyOnce,
-        "at_least_once" => Guarantee::AtLeastOnce,
-        other => {
-            return Err(invalid(
-                "processor.guarantee",
-                format!("`{other}` is neither exactly_once nor at_least_once"),
-            ));
-        }
-    };
-    if !(1..=100_000).contains(&raw.batch_max_records) {
-        return Err(invalid(
-            "processor.batch_max_records",
-            "must be between 1 and 100000",
-        ));
-    }
-    let batch_max = millis("processor.batch_max_ms", raw.batch_max_ms, 1, 60_000)?;
-    let instance_id = match raw.instance_id {
-        Some(id) => id,
-        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "0".into()),
-    };
-    check_name("processor.instance_id", &instance_id)?;
-    let dedupe_ttl = millis(
-        "processor.dedupe_ttl_ms",
-        raw.dedupe_ttl_ms,
-        1_000,
-        365 * 86_400_000,
-    )?;
-    let shutdown_timeout = millis(
-        "processor.shutdown_timeout_ms",
-        raw.shutdown_timeout_ms,
-        100,
-        600_000,
-    )?;
-    Ok(ProcessorSettings {
-        guarantee,
-        batch_max_records: raw.batch_max_records,
-        batch_max,
-        instance_id,
-        dedupe_ttl,
-        shutdown_timeout,
-        static_membership: raw.static_membership,
-        metrics_listen: raw
-            .metrics_listen
-            .as_deref()
-            .map(|m| socket("processor.metrics_listen", m))
-            .transpose()?,
-    })
-}
-
-fn socket(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
+pub(crate) fn socket(key: &str, value: &str) -> Result<SocketAddr, ConfigError> {
     value
         .parse()
         .map_err(|_| invalid(key, format!("`{value}` is not an ip:port address")))
 }
 
-fn validate_ingest(raw: RawIngest, inputs: &[String]) -> Result<IngestSettings, ConfigError> {
-    let listen = socket("ingest.listen", &raw.listen)?;
-    let metrics_listen = socket("ingest.metrics_listen", &raw.metrics_listen)?;
-    let topic = match raw.topic {
-        Some(t) if inputs.contains(&t) => t,
-        Some(t) => {
-            return Err(invalid(
-                "ingest.topic",
-                format!("`{t}` is not one of topics.inputs"),
-            ));
-        }
-        None => inputs
-            .first()
-            .cloned()
-            .ok_or_else(|| invalid("topics.inputs", "is empty"))?,
-    };
-    let publish_timeout = millis(
-        "ingest.publish_timeout_ms",
-        raw.publish_timeout_ms,
-        500,
-        300_000,
-    )?;
-    if raw.max_body_bytes < 1024 || raw.max_body_bytes > 16 * 1024 * 1024 {
-        return Err(invalid(
-            "ingest.max_body_bytes",
-            "must be between 1 KiB and 16 MiB",
-        ));
-    }
-    let mut sources = BTreeMap::new();
-    for (name, src) in raw.sources {
-        let key = |k: &str| format!("ingest.sources.{name}.{k}");
-        check_name(&format!("ingest.sources.{name}"), &name)?;
-        let secret = match (src.secret_env, src.secret_file) {
-            (Some(env), None) if !env.is_empty() => SecretRef::Env(env),
-            (None, Some(path)) => SecretRef::File(path),
-            _ => {
-                return Err(invalid(
-                    key("secret_env"),
-                    "set exactly one of secret_env or secret_file",
-                ));
-            }
-        };
-        let allowed_types = match src.allowed_types {
-            None => EventType::ALL.to_vec(),
-            Some(names) => names
-                .iter()
-                .enumerate()
-                .map(|(i, n)| {
-                    EventType::from_name(n).ok_or_else(|| {
-                        invalid(
-                            format!("{}[{i}]", key("allowed_types")),
-                            format!("unknown event type `{n}`"),
-                        )
-                    })
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let rate_per_second = src.rate_per_second.unwrap_or(50);
-        let burst = src.burst.unwrap_or(rate_per_second.saturating_mul(2));
-        if rate_per_second == 0 {
-            return Err(invalid(key("rate_per_second"), "must be at least 1"));
-        }
-        if burst == 0 {
-            return Err(invalid(key("burst"), "must be at least 1"));
-        }
-        let max_body_bytes = src.max_body_bytes.unwrap_or(raw.max_body_bytes);
-        if max_body_bytes < 64 || max_body_bytes > raw.max_body_bytes {
-            return Err(invalid(
-                key("max_body_bytes"),
-                "must be between 64 bytes and ingest.max_body_bytes",
-            ));
-        }
-        sources.insert(
-            name,
-            SourceSettings {
-                secret,
-                allowed_types,
-                rate_per_second,
-                burst,
-                max_body_bytes,
-            },
-        );
-    }
-    Ok(IngestSettings {
-        listen,
-        metrics_listen,
-        topic,
-        publish_timeout,
-        sources,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::EventType;
 
     const MINIMAL: &str = "[adapters.crm]\n";
 

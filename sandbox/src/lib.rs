@@ -1,0 +1,1 @@
+//! Provider sandboxes (placeholder; being written).

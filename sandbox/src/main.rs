@@ -1,0 +1,2 @@
+//! `onceflow-sandbox` (placeholder; being written).
+fn main() {}

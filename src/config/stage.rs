@@ -1,0 +1,278 @@
+//! The `[processor]` and `[dispatcher]` sections: the two transactional stages, and what their
+//! shared loop needs of either ([`StageSettings`]).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ConfigError, check_name, invalid, millis, socket};
+
+/// Delivery guarantee of the processor loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Outputs, dedupe changes and offsets in one Kafka transaction per batch.
+    ExactlyOnce,
+    /// The same loop without a transaction: outputs flushed, then offsets committed. A crash in
+    /// between redoes the batch. For comparison (benchmarks), not for production.
+    AtLeastOnce,
+}
+
+/// The processor (`onceflow process --adapter NAME`).
+#[derive(Debug, Clone)]
+pub struct ProcessorSettings {
+    /// Exactly-once (default) or at-least-once.
+    pub guarantee: Guarantee,
+    /// Most records in one transaction.
+    pub batch_max_records: usize,
+    /// Longest time a batch collects records before it is committed.
+    pub batch_max: Duration,
+    /// This instance's stable name: its `transactional.id` is derived from it, so a restarted
+    /// instance fences its own zombie. Two live instances must have different names.
+    pub instance_id: String,
+    /// How long the dedupe store remembers an event id.
+    pub dedupe_ttl: Duration,
+    /// Bound on a graceful shutdown (finish the batch, commit, leave the group).
+    pub shutdown_timeout: Duration,
+    /// Static group membership (`group.instance.id` from the instance id): a restarted instance
+    /// takes its partitions back without a rebalance, but a stopped one does not leave the group
+    /// (its partitions wait for the session timeout). Off by default.
+    pub static_membership: bool,
+    /// Address of the Prometheus `/metrics` listener of `onceflow process`, when wanted.
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+impl ProcessorSettings {
+    /// What the shared transactional loop needs.
+    pub fn stage(&self) -> StageSettings {
+        StageSettings {
+            guarantee: self.guarantee,
+            batch_max_records: self.batch_max_records,
+            batch_max: self.batch_max,
+            instance_id: self.instance_id.clone(),
+            static_membership: self.static_membership,
+        }
+    }
+}
+
+/// The dispatcher (`onceflow deliver --adapter NAME`).
+#[derive(Debug, Clone)]
+pub struct DispatcherSettings {
+    /// Most commands in one transaction.
+    pub batch_max_records: usize,
+    /// Longest time a batch collects commands before they are called.
+    pub batch_max: Duration,
+    /// This instance's stable name (its `transactional.id` derives from it).
+    pub instance_id: String,
+    /// How long the ledger remembers a command id.
+    pub ledger_ttl: Duration,
+    /// Bound on a graceful shutdown (finish the calls in flight, commit, leave the group).
+    pub shutdown_timeout: Duration,
+    /// Static group membership, as for the processor.
+    pub static_membership: bool,
+    /// Address of the Prometheus `/metrics` listener of `onceflow deliver`, when wanted.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Calls in flight at once per instance (calls for one entity key always run one at a time).
+    pub concurrency: usize,
+    /// Bound on establishing a connection to a provider.
+    pub connect_timeout: Duration,
+    /// Bound on one whole call (connect, send, answer).
+    pub request_timeout: Duration,
+    /// Longest a batch waits in line for a rate limit or a Retry-After before it defers the rest of
+    /// its commands and pauses (keeps every batch well inside the consumer's poll interval).
+    pub max_wait: Duration,
+}
+
+impl DispatcherSettings {
+    /// What the shared transactional loop needs.
+    pub fn stage(&self) -> StageSettings {
+        StageSettings {
+            guarantee: Guarantee::ExactlyOnce,
+            batch_max_records: self.batch_max_records,
+            batch_max: self.batch_max,
+            instance_id: self.instance_id.clone(),
+            static_membership: self.static_membership,
+        }
+    }
+}
+
+/// What the transactional-stage loop shared by the processor and the dispatcher needs.
+#[derive(Debug, Clone)]
+pub struct StageSettings {
+    /// Exactly-once, or at-least-once (processor benchmarks only).
+    pub guarantee: Guarantee,
+    /// Most records in one transaction.
+    pub batch_max_records: usize,
+    /// Longest time a batch collects records.
+    pub batch_max: Duration,
+    /// The instance's stable name.
+    pub instance_id: String,
+    /// Static group membership.
+    pub static_membership: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawProcessor {
+    guarantee: String,
+    batch_max_records: usize,
+    batch_max_ms: u64,
+    instance_id: Option<String>,
+    dedupe_ttl_ms: u64,
+    shutdown_timeout_ms: u64,
+    static_membership: bool,
+    metrics_listen: Option<String>,
+}
+
+impl Default for RawProcessor {
+    fn default() -> Self {
+        RawProcessor {
+            guarantee: "exactly_once".into(),
+            batch_max_records: 500,
+            batch_max_ms: 100,
+            instance_id: None,
+            dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
+            shutdown_timeout_ms: 10_000,
+            static_membership: false,
+            metrics_listen: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawDispatcher {
+    batch_max_records: usize,
+    batch_max_ms: u64,
+    instance_id: Option<String>,
+    ledger_ttl_ms: u64,
+    shutdown_timeout_ms: u64,
+    static_membership: bool,
+    metrics_listen: Option<String>,
+    concurrency: usize,
+    connect_timeout_ms: u64,
+    request_timeout_ms: u64,
+    max_wait_ms: u64,
+}
+
+impl Default for RawDispatcher {
+    fn default() -> Self {
+        RawDispatcher {
+            batch_max_records: 200,
+            batch_max_ms: 50,
+            instance_id: None,
+            ledger_ttl_ms: 7 * 24 * 3600 * 1000,
+            shutdown_timeout_ms: 30_000,
+            static_membership: false,
+            metrics_listen: None,
+            concurrency: 32,
+            connect_timeout_ms: 2_000,
+            request_timeout_ms: 10_000,
+            max_wait_ms: 10_000,
+        }
+    }
+}
+
+/// The instance id: the setting, else `HOSTNAME` (a pod's name), else `0`.
+fn instance_id(key: &str, configured: Option<String>) -> Result<String, ConfigError> {
+    let id = match configured {
+        Some(id) => id,
+        None => std::env::var("HOSTNAME").unwrap_or_else(|_| "0".into()),
+    };
+    check_name(key, &id)?;
+    Ok(id)
+}
+
+fn batch_records(key: &str, n: usize) -> Result<usize, ConfigError> {
+    if !(1..=100_000).contains(&n) {
+        return Err(invalid(key, "must be between 1 and 100000"));
+    }
+    Ok(n)
+}
+
+fn listen(key: &str, value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
+    value.map(|m| socket(key, m)).transpose()
+}
+
+pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigError> {
+    let guarantee = match raw.guarantee.as_str() {
+        "exactly_once" => Guarantee::ExactlyOnce,
+        "at_least_once" => Guarantee::AtLeastOnce,
+        other => {
+            return Err(invalid(
+                "processor.guarantee",
+                format!("`{other}` is neither exactly_once nor at_least_once"),
+            ));
+        }
+    };
+    Ok(ProcessorSettings {
+        guarantee,
+        batch_max_records: batch_records("processor.batch_max_records", raw.batch_max_records)?,
+        batch_max: millis("processor.batch_max_ms", raw.batch_max_ms, 1, 60_000)?,
+        instance_id: instance_id("processor.instance_id", raw.instance_id)?,
+        dedupe_ttl: millis(
+            "processor.dedupe_ttl_ms",
+            raw.dedupe_ttl_ms,
+            1_000,
+            365 * 86_400_000,
+        )?,
+        shutdown_timeout: millis(
+            "processor.shutdown_timeout_ms",
+            raw.shutdown_timeout_ms,
+            100,
+            600_000,
+        )?,
+        static_membership: raw.static_membership,
+        metrics_listen: listen("processor.metrics_listen", raw.metrics_listen.as_deref())?,
+    })
+}
+
+pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettings, ConfigError> {
+    if !(1..=1_000).contains(&raw.concurrency) {
+        return Err(invalid(
+            "dispatcher.concurrency",
+            "must be between 1 and 1000",
+        ));
+    }
+    let connect_timeout = millis(
+        "dispatcher.connect_timeout_ms",
+        raw.connect_timeout_ms,
+        10,
+        60_000,
+    )?;
+    let request_timeout = millis(
+        "dispatcher.request_timeout_ms",
+        raw.request_timeout_ms,
+        10,
+        300_000,
+    )?;
+    if request_timeout < connect_timeout {
+        return Err(invalid(
+            "dispatcher.request_timeout_ms",
+            "must not be shorter than dispatcher.connect_timeout_ms",
+        ));
+    }
+    Ok(DispatcherSettings {
+        batch_max_records: batch_records("dispatcher.batch_max_records", raw.batch_max_records)?,
+        batch_max: millis("dispatcher.batch_max_ms", raw.batch_max_ms, 1, 60_000)?,
+        instance_id: instance_id("dispatcher.instance_id", raw.instance_id)?,
+        ledger_ttl: millis(
+            "dispatcher.ledger_ttl_ms",
+            raw.ledger_ttl_ms,
+            1_000,
+            365 * 86_400_000,
+        )?,
+        shutdown_timeout: millis(
+            "dispatcher.shutdown_timeout_ms",
+            raw.shutdown_timeout_ms,
+            100,
+            600_000,
+        )?,
+        static_membership: raw.static_membership,
+        metrics_listen: listen("dispatcher.metrics_listen", raw.metrics_listen.as_deref())?,
+        concurrency: raw.concurrency,
+        connect_timeout,
+        request_timeout,
+        max_wait: millis("dispatcher.max_wait_ms", raw.max_wait_ms, 0, 120_000)?,
+    })
+}

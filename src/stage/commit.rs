@@ -1,0 +1,350 @@
+//! Writing a batch: the records to write ([`Out`]), the batch context a [`Work`](super::Work) sees
+//! ([`BatchCx`]: the store, failure routing through the retry tiers, changes committed ahead of the
+//! batch), and the transactional commit with its retries.
+//!
+//! Invariants:
+//! - Offsets and outputs of a batch are committed together or not at all; an abortable failure is
+//!   retried with the same outputs and offsets in a fresh transaction ([`COMMIT_ATTEMPTS`] in all)
+//!   before the batch is given up and redone.
+//! - Failed records keep their key, value bytes and own headers, carry one replaced error envelope
+//!   and go to the origin's partition number of the next retry tier or of the DLQ.
+
+use std::sync::Arc;
+
+use rdkafka::TopicPartitionList;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tracing::warn;
+
+use super::fault::{FaultPlan, Point};
+use super::{BatchError, SessionError};
+use crate::dedupe::{Change, Entry, Store};
+use crate::kafka::names::{Names, Stage};
+use crate::kafka::txn::{TxError, TxErrorKind, TxProducer, await_deliveries, group_metadata};
+use crate::model::headers::{ErrorClass, ErrorEnvelope, Origin};
+use crate::retry::{Next, RetryPolicy};
+use crate::telemetry::metrics;
+
+/// How many transactions one batch's outputs are tried in before the batch is redone.
+pub const COMMIT_ATTEMPTS: usize = 3;
+
+/// One record to write.
+#[derive(Debug, Clone)]
+pub struct Out {
+    /// Topic.
+    pub topic: String,
+    /// Partition; `None` lets the partitioner pick by key.
+    pub partition: Option<i32>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Value bytes.
+    pub payload: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Option<OwnedHeaders>,
+}
+
+pub(super) fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let mut r = FutureRecord::to(&o.topic);
+    if let Some(p) = o.partition {
+        r = r.partition(p);
+    }
+    if let Some(k) = &o.key {
+        r = r.key(k);
+    }
+    if let Some(v) = &o.payload {
+        r = r.payload(v);
+    }
+    if let Some(h) = &o.headers {
+        r = r.headers(h.clone());
+    }
+    r
+}
+
+/// The changelog record of a store change.
+pub(super) fn changelog_out<E: Entry>(changelog: &str, change: &Change<E>) -> Out {
+    let (partition, key, value) = change.record();
+    Out {
+        topic: changelog.to_string(),
+        partition: Some(partition),
+        key: Some(key.as_bytes().to_vec()),
+        payload: value.map(String::into_bytes),
+        headers: None,
+    }
+}
+
+/// Why one record failed.
+#[derive(Debug, Clone)]
+pub struct Failure<'a> {
+    /// Its class.
+    pub class: ErrorClass,
+    /// What happened (masked and bounded in the envelope).
+    pub message: &'a str,
+    /// The earliest sensible retry, when known (a Retry-After).
+    pub retry_after: Option<std::time::Duration>,
+    /// The event's correlation id, when known.
+    pub correlation_id: Option<String>,
+    /// The HTTP status a delivery failed on.
+    pub http_status: Option<u16>,
+}
+
+/// Where a failed record went.
+#[derive(Debug)]
+pub enum Routed {
+    /// To a retry tier.
+    Retry(Out),
+    /// To the DLQ.
+    DeadLetter(Out),
+}
+
+/// What a [`Work`](super::Work) sees of the session while it handles a batch.
+pub struct BatchCx<'s, E: Entry> {
+    pub(super) store: &'s mut Store<E>,
+    pub(super) tx: Option<&'s TxProducer>,
+    pub(super) changelog: &'s str,
+    pub(super) names: &'s Names,
+    pub(super) adapter: &'s str,
+    pub(super) stage: Stage,
+    pub(super) policy: &'s RetryPolicy,
+    pub(super) dlq: &'s str,
+    pub(super) fault: FaultPlan,
+    pub(super) batch_no: u64,
+    pub(super) now: i64,
+}
+
+impl<E: Entry> BatchCx<'_, E> {
+    /// When the batch is handled (epoch ms).
+    pub fn now(&self) -> i64 {
+        self.now
+    }
+
+    /// The stage's store, as committed.
+    pub fn store(&self) -> &Store<E> {
+        self.store
+    }
+
+    /// Whether the injected test fault `point` applies to this batch.
+    pub fn fault(&self, point: Point) -> bool {
+        self.fault.hit(point, self.batch_no)
+    }
+
+    /// Routes a failed record to its next retry tier or the DLQ, with a new envelope that keeps the
+    /// first failure's time and origin.
+    pub fn fail(
+        &self,
+        m: &OwnedMessage,
+        previous: Option<&ErrorEnvelope>,
+        failure: Failure<'_>,
+    ) -> Routed {
+        let attempt = previous.map_or(1, |e| e.attempt + 1);
+        let origin = previous.map_or_else(
+            || Origin {
+                topic: m.topic().to_string(),
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            |e| e.origin.clone(),
+        );
+        let first_failed_at = previous.map_or(self.now, |e| e.first_failed_at);
+        let next = if failure.class == ErrorClass::Retryable {
+            self.policy
+                .next(attempt, failure.retry_after, self.now, fastrand::f64())
+        } else {
+            Next::DeadLetter
+        };
+        let (topic, not_before) = match next {
+            Next::Retry { tier, not_before } => {
+                (self.names.retry(self.adapter, self.stage, tier), not_before)
+            }
+            Next::DeadLetter => (self.dlq.to_string(), 0),
+        };
+        let envelope = ErrorEnvelope::new(
+            failure.class,
+            failure.message,
+            attempt,
+            first_failed_at,
+            not_before,
+            origin,
+            self.adapter,
+            self.stage,
+            failure.correlation_id,
+        )
+        .with_http_status(failure.http_status);
+        let out = Out {
+            topic,
+            partition: Some(m.partition()),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: Some(envelope.headers_for(m.headers())),
+        };
+        match next {
+            Next::Retry { .. } => Routed::Retry(out),
+            Next::DeadLetter => {
+                warn!(adapter = self.adapter, stage = self.stage.as_str(), class = failure.class.as_str(),
+                      topic = m.topic(), partition = m.partition(), offset = m.offset(),
+                      correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
+                      error = %envelope.message, "record dead-lettered");
+                ::metrics::counter!(metrics::DLQ_RECORDS, "adapter" => self.adapter.to_string(),
+                    "stage" => self.stage.as_str(), "class" => failure.class.as_str())
+                .increment(1);
+                Routed::DeadLetter(out)
+            }
+        }
+    }
+
+    /// Commits `changes` to the changelog in a transaction of their own (no offsets), ahead of the
+    /// batch, and applies them to the store. A stage without a transactional producer (the
+    /// at-least-once benchmark mode) only applies them.
+    pub async fn precommit(&mut self, changes: Vec<Change<E>>) -> Result<(), BatchError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if let Some(tx) = self.tx {
+            let outs: Vec<Out> = changes
+                .iter()
+                .map(|c| changelog_out(self.changelog, c))
+                .collect();
+            let attempt = async {
+                tx.begin().await?;
+                let mut deliveries = Vec::with_capacity(outs.len());
+                for o in &outs {
+                    deliveries.push(tx.send(to_record(o))?);
+                }
+                await_deliveries(deliveries).await?;
+                tx.commit().await
+            };
+            if let Err(e) = attempt.await {
+                return Err(abort_after(tx, e).await);
+            }
+        }
+        self.store.apply(&changes);
+        Ok(())
+    }
+}
+
+/// Aborts the open transaction after `e`; the error to return for the batch.
+async fn abort_after(tx: &TxProducer, e: TxError) -> BatchError {
+    if e.kind == TxErrorKind::Fatal {
+        return BatchError::Fatal(e.into());
+    }
+    match tx.abort().await {
+        Ok(()) => BatchError::Aborted(e.to_string()),
+        Err(abort) => BatchError::Fatal(SessionError::Tx(abort)),
+    }
+}
+
+/// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one.
+pub(super) async fn transactional<C, X>(
+    tx: &TxProducer,
+    consumer: &C,
+    outs: &[Out],
+    offsets: &TopicPartitionList,
+    fault: &FaultPlan,
+    batch_no: u64,
+) -> Result<(), BatchError>
+where
+    X: rdkafka::consumer::ConsumerContext,
+    C: Consumer<X>,
+{
+    let mut last = String::new();
+    for attempt in 1..=COMMIT_ATTEMPTS {
+        match once(tx, consumer, outs, offsets.clone(), fault, batch_no).await {
+            Ok(()) => return Ok(()),
+            Err(BatchError::Aborted(e)) => {
+                warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
+                last = e;
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Err(BatchError::Aborted(last))
+}
+
+async fn once<C, X>(
+    tx: &TxProducer,
+    consumer: &C,
+    outs: &[Out],
+    offsets: TopicPartitionList,
+    fault: &FaultPlan,
+    batch_no: u64,
+) -> Result<(), BatchError>
+where
+    X: rdkafka::consumer::ConsumerContext,
+    C: Consumer<X>,
+{
+    tx.begin().await.map_err(|e| match e.kind {
+        TxErrorKind::Fatal => BatchError::Fatal(e.into()),
+        _ => BatchError::Aborted(e.to_string()),
+    })?;
+    let body = async {
+        let mut deliveries = Vec::with_capacity(outs.len());
+        for o in outs {
+            deliveries.push(tx.send(to_record(o))?);
+        }
+        let group = group_metadata(consumer).map_err(|e| TxError {
+            op: "group_metadata",
+            kind: TxErrorKind::Abortable,
+            source: e,
+        })?;
+        tx.send_offsets(offsets, group).await?;
+        await_deliveries(deliveries).await
+    };
+    let sent = body.await;
+    if sent.is_ok() && fault.hit(Point::CrashBeforeCommit, batch_no) {
+        std::process::abort();
+    }
+    let result = match sent {
+        Err(e) => Err(e),
+        Ok(()) if fault.hit(Point::AbortBeforeCommit, batch_no) => Err(TxError {
+            op: "injected fault",
+            kind: TxErrorKind::Abortable,
+            source: KafkaError::Canceled,
+        }),
+        Ok(()) => {
+            let mut attempt = 0;
+            loop {
+                match tx.commit().await {
+                    Err(e) if e.kind == TxErrorKind::Retriable && attempt < 3 => attempt += 1,
+                    other => break other,
+                }
+            }
+        }
+    };
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => Err(abort_after(tx, e).await),
+    }
+}
+
+/// The at-least-once path (benchmarks only): write `outs`, await them, then commit `offsets`.
+pub(super) async fn at_least_once<C, X>(
+    plain: &FutureProducer,
+    consumer: Arc<C>,
+    outs: &[Out],
+    offsets: TopicPartitionList,
+) -> Result<(), BatchError>
+where
+    X: rdkafka::consumer::ConsumerContext,
+    C: Consumer<X> + Send + Sync + 'static,
+{
+    let mut pending = Vec::with_capacity(outs.len());
+    for o in outs {
+        pending.push(
+            plain
+                .send_result(to_record(o))
+                .map_err(|(e, _)| BatchError::Aborted(e.to_string()))?,
+        );
+    }
+    for d in pending {
+        match d.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((e, _))) => return Err(BatchError::Aborted(e.to_string())),
+            Err(_) => return Err(BatchError::Aborted("delivery cancelled".into())),
+        }
+    }
+    tokio::task::spawn_blocking(move || consumer.commit(&offsets, CommitMode::Sync))
+        .await
+        .map_err(|e| BatchError::Fatal(e.into()))?
+        .map_err(|e| BatchError::Aborted(e.to_string()))
+}

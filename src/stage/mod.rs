@@ -1,0 +1,297 @@
+//! The transactional-stage skeleton shared by the processor (`onceflow process`) and the dispatcher
+//! (`onceflow deliver`): consume a batch, let the stage's [`Work`] handle it outside any
+//! transaction, then commit its outputs, its changelog-store changes and the batch's input offsets
+//! in ONE Kafka transaction (`send_offsets_to_transaction` with the consumer's group metadata, so a
+//! zombie of an older generation is fenced: KIP-447).
+//!
+//! One consumer group per adapter and stage (`<ns>.<adapter>.<stage>`) reads the stage's inputs
+//! and its retry topics with `read_committed`.
+//!
+//! Invariants:
+//! - A transaction is never open while the consumer polls: a batch is collected first, handled
+//!   outside any transaction, and then begun, sent and committed in one step. Rebalance callbacks
+//!   only run inside a poll, so a revoke can never find a transaction open: every batch is finished
+//!   (committed or aborted) before its partitions can go.
+//! - Records of a partition that was assigned or revoked while a batch was being collected are
+//!   dropped from that batch (and the partition rewound to the first of them if it is still ours);
+//!   newly owned partitions have their store restored from the changelog before any of their
+//!   records is handled.
+//! - An abortable error aborts the transaction and the same outputs and offsets are sent again in a
+//!   new one (a bounded number of times); only then is the batch rewound and redone. A stage whose
+//!   work had effects outside Kafka (the dispatcher's calls) therefore never redoes them because of
+//!   a transient commit failure. A fatal error (fenced by a newer instance, or a producer gone bad)
+//!   drops the producer and the consumer, and the loop rejoins with fresh ones; it never exits the
+//!   process.
+//! - A record on a retry topic that is not yet due pauses only its own partition (rewound to that
+//!   record) until its `not_before`; every other partition keeps flowing.
+//! - Records the work defers (a dispatcher whose circuit breaker opened) are not consumed: the
+//!   transaction commits each partition's offset up to its first deferred record, and the partition
+//!   is rewound there. Records after it that were handled anyway are committed with their store
+//!   changes, so when they are read again the store recognises them.
+//! - Store changes reach memory only after their transaction committed; a work may commit changes
+//!   ahead of the batch ([`BatchCx::precommit`], the dispatcher's "attempting" marks) in a
+//!   transaction of their own, without offsets.
+
+mod commit;
+mod context;
+pub mod fault;
+mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed};
+
+use crate::config::{KafkaSettings, StageSettings};
+use crate::dedupe::{Change, Entry, RestoreError};
+use crate::kafka::names::{Names, Stage};
+use crate::kafka::txn::TxError;
+use crate::model::headers::ErrorEnvelope;
+use crate::retry::RetryPolicy;
+use crate::telemetry::metrics::StageMetrics;
+use fault::FaultPlan;
+
+/// Pause after a transient failure (registry down, producer rebuilt).
+const BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Why a session (one consumer + producer pair) ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A client call failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    /// A transactional call failed fatally.
+    #[error(transparent)]
+    Tx(#[from] TxError),
+    /// A store could not be restored.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    /// A blocking task failed.
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// How a batch failed.
+#[derive(Debug)]
+pub enum BatchError {
+    /// Not the records' fault (registry down): redo the batch after a pause.
+    Transient(String),
+    /// The transaction was aborted: redo the batch now.
+    Aborted(String),
+    /// The session cannot go on: rejoin.
+    Fatal(SessionError),
+}
+
+impl From<SessionError> for BatchError {
+    fn from(e: SessionError) -> Self {
+        BatchError::Fatal(e)
+    }
+}
+
+/// Counts of one batch's records by outcome (and of the outputs written).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Tally {
+    /// Handled successfully: events decided (processor), commands delivered (dispatcher).
+    pub ok: u64,
+    /// Records written for the stage's consumers: commands (processor), receipts (dispatcher).
+    pub outputs: u64,
+    /// Duplicates dropped (already in the store).
+    pub duplicate: u64,
+    /// Records sent to a retry tier.
+    pub retry: u64,
+    /// Records sent to the DLQ.
+    pub dlq: u64,
+    /// Commands found in doubt after a crash (dispatcher).
+    pub in_doubt: u64,
+}
+
+impl Tally {
+    /// Adds `other` to `self`.
+    pub fn add(&mut self, other: &Tally) {
+        self.ok += other.ok;
+        self.outputs += other.outputs;
+        self.duplicate += other.duplicate;
+        self.retry += other.retry;
+        self.dlq += other.dlq;
+        self.in_doubt += other.in_doubt;
+    }
+
+    /// (outcome label, count) pairs, for the records metric.
+    pub fn outcomes(&self) -> [(&'static str, u64); 5] {
+        [
+            ("ok", self.ok),
+            ("duplicate", self.duplicate),
+            ("retry", self.retry),
+            ("dlq", self.dlq),
+            ("in_doubt", self.in_doubt),
+        ]
+    }
+}
+
+/// What a run did, for the caller and tests.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts {
+    /// Records by outcome over the run's committed batches.
+    pub tally: Tally,
+    /// Committed batches.
+    pub batches: u64,
+    /// Aborted transactions.
+    pub aborts: u64,
+    /// Sessions ended by a fatal or fencing error (each followed by a rejoin).
+    pub rejoins: u64,
+}
+
+/// One record of a batch that is due: its retry envelope (when it came from a retry topic) has a
+/// `not_before` in the past.
+#[derive(Debug)]
+pub struct Due<'a> {
+    /// The record.
+    pub msg: &'a OwnedMessage,
+    /// Its error envelope, when it came from one of the stage's retry topics.
+    pub envelope: Option<ErrorEnvelope>,
+}
+
+/// What a stage's work made of a batch.
+#[derive(Debug)]
+pub struct Handled<E> {
+    /// Records to write in the batch's transaction (outputs, retry and DLQ records).
+    pub outs: Vec<Out>,
+    /// Store changes to write to the changelog in the same transaction, applied after it.
+    pub changes: Vec<Change<E>>,
+    /// Records not taken (topic, partition, offset): offsets stop before them and their partitions
+    /// are rewound to them.
+    pub deferred: Vec<(String, i32, i64)>,
+    /// Pause every assigned partition until this time (epoch ms), after the commit.
+    pub pause_all_until: Option<i64>,
+    /// The batch's counts.
+    pub tally: Tally,
+}
+
+impl<E> Default for Handled<E> {
+    fn default() -> Self {
+        Handled {
+            outs: Vec::new(),
+            changes: Vec::new(),
+            deferred: Vec::new(),
+            pause_all_until: None,
+            tally: Tally::default(),
+        }
+    }
+}
+
+/// The stage-specific part of a transactional stage.
+pub trait Work: Send + Sync + 'static {
+    /// The entries of the stage's changelog store.
+    type Entry: Entry;
+
+    /// The adapter whose stage this is.
+    fn adapter(&self) -> &str;
+
+    /// Handles the due records of one batch, in order, outside any transaction. `cx` gives the
+    /// store, the retry policy and a way to commit store changes ahead of the batch.
+    fn handle(
+        &self,
+        due: &[Due<'_>],
+        cx: &mut BatchCx<'_, Self::Entry>,
+    ) -> impl Future<Output = Result<Handled<Self::Entry>, BatchError>> + Send;
+}
+
+/// Where a stage reads and what it keeps.
+#[derive(Debug, Clone)]
+pub struct StageSpec {
+    /// Process or deliver.
+    pub stage: Stage,
+    /// Topics the stage reads besides its retry topics.
+    pub inputs: Vec<String>,
+    /// The changelog topic of its store.
+    pub changelog: String,
+    /// How long the store remembers a key.
+    pub ttl: std::time::Duration,
+    /// The stage's metric names.
+    pub metrics: &'static StageMetrics,
+}
+
+/// Runs one stage of one adapter: sessions of a consumer and a (transactional) producer, rejoined
+/// after fatal errors, until shutdown.
+pub struct Runner<W: Work> {
+    work: Arc<W>,
+    spec: StageSpec,
+    kafka: KafkaSettings,
+    loop_settings: StageSettings,
+    names: Names,
+    retry_topics: Vec<String>,
+    dlq: String,
+    policy: RetryPolicy,
+    fault: FaultPlan,
+}
+
+impl<W: Work> Runner<W> {
+    /// A runner of `work` as described by `spec`.
+    pub fn new(
+        work: W,
+        spec: StageSpec,
+        kafka: &KafkaSettings,
+        loop_settings: StageSettings,
+        names: Names,
+        policy: RetryPolicy,
+    ) -> Runner<W> {
+        let adapter = work.adapter().to_string();
+        Runner {
+            retry_topics: (1..=policy.tiers())
+                .map(|n| names.retry(&adapter, spec.stage, n))
+                .collect(),
+            dlq: names.dlq(&adapter, spec.stage),
+            work: Arc::new(work),
+            spec,
+            kafka: kafka.clone(),
+            loop_settings,
+            names,
+            policy,
+            fault: FaultPlan::from_env(),
+        }
+    }
+
+    /// Injects `fault` (tests; see [`fault`]).
+    pub fn with_fault(mut self, fault: FaultPlan) -> Runner<W> {
+        self.fault = fault;
+        self
+    }
+
+    /// The stage's work.
+    pub fn work(&self) -> &W {
+        &self.work
+    }
+
+    fn adapter(&self) -> &str {
+        self.work.adapter()
+    }
+
+    /// Runs until `shutdown` turns true; every batch in flight is finished first. Fatal errors
+    /// rejoin with a fresh consumer and producer instead of returning.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Counts {
+        let mut counts = Counts::default();
+        let stage = self.spec.stage.as_str();
+        while !*shutdown.borrow() {
+            match session::run(self, &mut shutdown, &mut counts).await {
+                Ok(()) => break,
+                Err(e) => {
+                    counts.rejoins += 1;
+                    ::metrics::counter!(self.spec.metrics.fencings, "adapter" => self.adapter().to_string())
+                        .increment(1);
+                    warn!(adapter = self.adapter(), stage, error = %e, "session ended; rejoining with a new consumer and producer");
+                    tokio::select! {
+                        () = tokio::time::sleep(BACKOFF) => {},
+                        _ = shutdown.changed() => {},
+                    }
+                }
+            }
+        }
+        info!(adapter = self.adapter(), stage, ?counts, "stage stopped");
+        counts
+    }
+}

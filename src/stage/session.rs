@@ -1,0 +1,474 @@
+//! One session of a stage: a (transactional) producer and a consumer, from joining the group until
+//! shutdown or a fatal error. See the invariants of the [`stage`](super) module.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::producer::FutureProducer;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::commit::{self, BatchCx, changelog_out};
+use super::context::StageContext;
+use super::fault::Point;
+use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
+use crate::config::Guarantee;
+use crate::dedupe::{Store, restore};
+use crate::kafka::client::{self, Isolation, StartAt};
+use crate::kafka::txn::{OffsetTracker, TxProducer};
+use crate::model::event::now_ms;
+use crate::model::headers::ErrorEnvelope;
+
+/// How often librdkafka reports statistics (lag) to the metrics.
+const STATS_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the loop waits for a first record before it looks at shutdown and paused partitions.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often expired store entries are tombstoned, and how many per transaction at most.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+const SWEEP_LIMIT: usize = 1_000;
+
+type StageConsumer = StreamConsumer<StageContext>;
+
+struct Session<'r, W: Work> {
+    r: &'r Runner<W>,
+    consumer: Arc<StageConsumer>,
+    tx: Option<TxProducer>,
+    plain: Option<FutureProducer>,
+    store: Store<W::Entry>,
+    /// Paused partitions and when they are due (epoch ms).
+    paused: HashMap<(String, i32), i64>,
+    epoch: u64,
+    batch_no: u64,
+    last_sweep: Instant,
+}
+
+/// Runs one session until shutdown (Ok) or a fatal error (Err: the caller rejoins).
+pub(super) async fn run<W: Work>(
+    r: &Runner<W>,
+    shutdown: &mut watch::Receiver<bool>,
+    counts: &mut Counts,
+) -> Result<(), SessionError> {
+    let adapter = r.adapter().to_string();
+    let stage = r.spec.stage;
+    let role = format!("{adapter}.{stage}");
+    let instance = &r.loop_settings.instance_id;
+    // The producer first: initialising it fences a previous incarnation of this instance and
+    // aborts its open transaction before this one reads anything.
+    let (tx, plain) = match r.loop_settings.guarantee {
+        Guarantee::ExactlyOnce => {
+            let id = r.names.transactional_id(&adapter, stage, instance);
+            (Some(TxProducer::init(&r.kafka, &role, &id).await?), None)
+        }
+        Guarantee::AtLeastOnce => {
+            let p: FutureProducer = client::producer(&r.kafka, &role).create()?;
+            (None, Some(p))
+        }
+    };
+    let consumer = consumer(r)?;
+    let mut s = Session {
+        r,
+        consumer,
+        tx,
+        plain,
+        store: Store::new(r.spec.ttl),
+        paused: HashMap::new(),
+        epoch: 0,
+        batch_no: 0,
+        last_sweep: Instant::now(),
+    };
+    let result = s.run(shutdown, counts).await;
+    // Leave the group now (dynamic membership), rather than after the session timeout; the
+    // consumer is closed when the session drops it.
+    s.consumer.unsubscribe();
+    result
+}
+
+fn consumer<W: Work>(r: &Runner<W>) -> Result<Arc<StageConsumer>, KafkaError> {
+    let adapter = r.adapter();
+    let stage = r.spec.stage;
+    let group = r.names.group(adapter, stage);
+    let instance = &r.loop_settings.instance_id;
+    // The instance in the client id names the member in the group's member list.
+    let role = format!("{adapter}.{stage}.{instance}");
+    let mut config = client::consumer(
+        &r.kafka,
+        &role,
+        &group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    );
+    if r.loop_settings.static_membership {
+        let member = r.names.static_member(adapter, stage, instance);
+        config = client::with_static_membership(config, &member);
+    }
+    let config = client::with_statistics(config, STATS_INTERVAL);
+    let context = StageContext {
+        adapter: adapter.to_string(),
+        stage,
+        metrics: r.spec.metrics,
+        epoch: AtomicU64::new(0),
+        touched: Mutex::new(HashSet::new()),
+    };
+    let consumer: StageConsumer = config.create_with_context(context)?;
+    let topics: Vec<&str> = r
+        .spec
+        .inputs
+        .iter()
+        .chain(&r.retry_topics)
+        .map(String::as_str)
+        .collect();
+    consumer.subscribe(&topics)?;
+    Ok(Arc::new(consumer))
+}
+
+impl<W: Work> Session<'_, W> {
+    async fn run(
+        &mut self,
+        shutdown: &mut watch::Receiver<bool>,
+        counts: &mut Counts,
+    ) -> Result<(), SessionError> {
+        let adapter = self.r.adapter().to_string();
+        while !*shutdown.borrow() {
+            self.resume_due()?;
+            let mut batch = self.collect().await?;
+            let epoch = self.consumer.context().epoch();
+            if epoch != self.epoch {
+                self.epoch = epoch;
+                let touched = self.consumer.context().take_touched();
+                let (keep, dropped): (Vec<_>, Vec<_>) = batch
+                    .into_iter()
+                    .partition(|m| !touched.contains(&(m.topic().to_string(), m.partition())));
+                batch = keep;
+                self.sync_assignment().await?;
+                self.rewind(&dropped, true).await?;
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.batch_no += 1;
+            match self.batch(&batch, counts).await {
+                Ok(()) => {}
+                Err(BatchError::Transient(reason)) => {
+                    warn!(adapter, %reason, "transient failure; redoing the batch after a pause");
+                    self.rewind(&batch, false).await?;
+                    tokio::time::sleep(BACKOFF).await;
+                }
+                Err(BatchError::Aborted(e)) => {
+                    counts.aborts += 1;
+                    ::metrics::counter!(self.r.spec.metrics.aborts, "adapter" => adapter.clone())
+                        .increment(1);
+                    warn!(adapter, error = %e, "transaction aborted; redoing the batch");
+                    self.rewind(&batch, false).await?;
+                }
+                Err(BatchError::Fatal(e)) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Collects up to `batch_max_records` records, for at most `batch_max` after the first one.
+    async fn collect(&mut self) -> Result<Vec<OwnedMessage>, SessionError> {
+        let settings = &self.r.loop_settings;
+        let mut batch = Vec::new();
+        let mut deadline: Option<tokio::time::Instant> = None;
+        while batch.len() < settings.batch_max_records {
+            let wait = match deadline {
+                None => IDLE_POLL,
+                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+            };
+            match tokio::time::timeout(wait, self.consumer.recv()).await {
+                Err(_) => break,
+                Ok(Ok(m)) => {
+                    batch.push(m.detach());
+                    deadline
+                        .get_or_insert_with(|| tokio::time::Instant::now() + settings.batch_max);
+                }
+                Ok(Err(e))
+                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) =>
+                {
+                    return Err(e.into());
+                }
+                Ok(Err(e)) => {
+                    debug!(error = %e, "consumer error (librdkafka retries)");
+                    break;
+                }
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Brings the store in line with the assignment: restores partitions newly owned, drops those
+    /// no longer owned, and forgets pauses of partitions that left.
+    async fn sync_assignment(&mut self) -> Result<(), SessionError> {
+        let owned = self.assigned()?;
+        self.paused.retain(|tp, _| owned.contains(tp));
+        let wanted: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
+        let have = self.store.partitions();
+        for p in have.difference(&wanted) {
+            self.store.drop_partition(*p);
+        }
+        let missing: Vec<i32> = wanted.difference(&have).copied().collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let r = self.r;
+        let kafka = r.kafka.clone();
+        let changelog = r.spec.changelog.clone();
+        let reader = r.names.changelog_reader(r.adapter(), r.spec.stage);
+        let ttl = r.spec.ttl;
+        let max_wait = r.kafka.transaction_timeout + Duration::from_secs(30);
+        let parts = missing.clone();
+        let started = Instant::now();
+        let restored = tokio::task::spawn_blocking(move || {
+            restore::<W::Entry>(&kafka, &changelog, &reader, &parts, ttl, now_ms(), max_wait)
+        })
+        .await??;
+        let entries: usize = restored.values().map(HashMap::len).sum();
+        for (p, e) in restored {
+            self.store.insert_partition(p, e);
+        }
+        info!(adapter = r.adapter(), stage = r.spec.stage.as_str(), partitions = ?missing, entries,
+              took_ms = started.elapsed().as_millis() as u64, "store restored from its changelog");
+        Ok(())
+    }
+
+    fn assigned(&self) -> Result<HashSet<(String, i32)>, KafkaError> {
+        Ok(self
+            .consumer
+            .assignment()?
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect())
+    }
+
+    /// Seeks every partition of `records` back to its first record there (only those still owned
+    /// when `only_owned`), so nothing in `records` is skipped.
+    async fn rewind(
+        &mut self,
+        records: &[OwnedMessage],
+        only_owned: bool,
+    ) -> Result<(), SessionError> {
+        let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for m in records {
+            let e = first
+                .entry((m.topic().to_string(), m.partition()))
+                .or_insert(m.offset());
+            *e = (*e).min(m.offset());
+        }
+        self.seek(first, only_owned).await
+    }
+
+    async fn seek(
+        &mut self,
+        to: BTreeMap<(String, i32), i64>,
+        only_owned: bool,
+    ) -> Result<(), SessionError> {
+        if to.is_empty() {
+            return Ok(());
+        }
+        let owned = if only_owned {
+            self.assigned()?
+        } else {
+            to.keys().cloned().collect()
+        };
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
+            for ((topic, partition), offset) in to {
+                if owned.contains(&(topic.clone(), partition)) {
+                    consumer.seek(
+                        &topic,
+                        partition,
+                        Offset::Offset(offset),
+                        Duration::from_secs(10),
+                    )?;
+                }
+            }
+            Ok(())
+        })
+        .await??;
+        Ok(())
+    }
+
+    fn resume_due(&mut self) -> Result<(), KafkaError> {
+        let now = now_ms();
+        let due: Vec<(String, i32)> = self
+            .paused
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in &due {
+            tpl.add_partition(topic, *partition);
+            self.paused.remove(&(topic.clone(), *partition));
+        }
+        self.consumer.resume(&tpl)
+    }
+
+    /// Pauses `partitions` until `until` (epoch ms; a later pause already set wins).
+    fn pause(&mut self, partitions: &[(String, i32)], until: i64) -> Result<(), KafkaError> {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            tpl.add_partition(topic, *partition);
+            let due = self
+                .paused
+                .entry((topic.clone(), *partition))
+                .or_insert(until);
+            *due = (*due).max(until);
+        }
+        self.consumer.pause(&tpl)
+    }
+
+    async fn batch(
+        &mut self,
+        batch: &[OwnedMessage],
+        counts: &mut Counts,
+    ) -> Result<(), BatchError> {
+        let r = self.r;
+        let now = now_ms();
+        // Due records only: a retry record whose time has not come pauses its partition there.
+        let mut due = Vec::with_capacity(batch.len());
+        let mut paused_now: HashSet<(String, i32)> = HashSet::new();
+        for m in batch {
+            let tp = (m.topic().to_string(), m.partition());
+            if paused_now.contains(&tp) || self.paused.contains_key(&tp) {
+                continue;
+            }
+            let envelope = if r.retry_topics.iter().any(|t| t == m.topic()) {
+                ErrorEnvelope::read(m.headers())
+            } else {
+                None
+            };
+            if let Some(env) = &envelope
+                && env.not_before > now
+            {
+                self.pause(std::slice::from_ref(&tp), env.not_before)
+                    .map_err(|e| BatchError::Fatal(e.into()))?;
+                self.rewind(std::slice::from_ref(m), false).await?;
+                paused_now.insert(tp);
+                continue;
+            }
+            due.push(Due { msg: m, envelope });
+        }
+        if due.is_empty() {
+            return Ok(());
+        }
+
+        // Phase 1, outside any transaction: the stage's work.
+        let mut cx = BatchCx {
+            store: &mut self.store,
+            tx: self.tx.as_ref(),
+            changelog: &r.spec.changelog,
+            names: &r.names,
+            adapter: r.adapter(),
+            stage: r.spec.stage,
+            policy: &r.policy,
+            dlq: &r.dlq,
+            fault: r.fault,
+            batch_no: self.batch_no,
+            now,
+        };
+        let mut handled = r.work.handle(&due, &mut cx).await?;
+
+        // Offsets: past every due record, but no further than a partition's first deferred one.
+        let mut first_deferred: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        for (topic, partition, offset) in &handled.deferred {
+            let e = first_deferred
+                .entry((topic.clone(), *partition))
+                .or_insert(*offset);
+            *e = (*e).min(*offset);
+        }
+        let mut tracker = OffsetTracker::new();
+        for d in &due {
+            let limit = first_deferred.get(&(d.msg.topic().to_string(), d.msg.partition()));
+            if limit.is_none_or(|first| d.msg.offset() < *first) {
+                tracker.consumed(d.msg);
+            }
+        }
+        if self.last_sweep.elapsed() >= SWEEP_EVERY {
+            self.last_sweep = Instant::now();
+            handled.changes.extend(self.store.expired(now, SWEEP_LIMIT));
+        }
+        if tracker.is_empty() && handled.outs.is_empty() && handled.changes.is_empty() {
+            // Nothing consumed nor written (everything deferred): only rewind and pause.
+            return self
+                .after_commit(first_deferred, handled.pause_all_until)
+                .await;
+        }
+        let mut outs = std::mem::take(&mut handled.outs);
+        outs.extend(
+            handled
+                .changes
+                .iter()
+                .map(|c| changelog_out(&r.spec.changelog, c)),
+        );
+        let offsets = tracker.take().map_err(|e| BatchError::Fatal(e.into()))?;
+
+        // Phase 2: write it all, with the offsets, atomically (or, at-least-once, write then commit).
+        let started = Instant::now();
+        match (&self.tx, &self.plain) {
+            (Some(tx), _) => {
+                commit::transactional(
+                    tx,
+                    self.consumer.as_ref(),
+                    &outs,
+                    &offsets,
+                    &r.fault,
+                    self.batch_no,
+                )
+                .await?
+            }
+            (None, Some(plain)) => {
+                commit::at_least_once(plain, Arc::clone(&self.consumer), &outs, offsets).await?
+            }
+            (None, None) => return Err(BatchError::Aborted("no producer".into())),
+        }
+        let adapter = r.adapter().to_string();
+        ::metrics::histogram!(r.spec.metrics.commit_seconds, "adapter" => adapter.clone())
+            .record(started.elapsed().as_secs_f64());
+        if r.fault.hit(Point::CrashAfterCommit, self.batch_no) {
+            std::process::abort();
+        }
+        self.store.apply(&handled.changes);
+        for (outcome, n) in handled.tally.outcomes() {
+            if n > 0 {
+                ::metrics::counter!(r.spec.metrics.records, "adapter" => adapter.clone(), "outcome" => outcome)
+                    .increment(n);
+            }
+        }
+        counts.tally.add(&handled.tally);
+        counts.batches += 1;
+        self.after_commit(first_deferred, handled.pause_all_until)
+            .await
+    }
+
+    /// Rewinds partitions to their first deferred record and pauses everything when asked.
+    async fn after_commit(
+        &mut self,
+        first_deferred: BTreeMap<(String, i32), i64>,
+        pause_all_until: Option<i64>,
+    ) -> Result<(), BatchError> {
+        if let Some(until) = pause_all_until {
+            let all: Vec<(String, i32)> = self
+                .assigned()
+                .map_err(|e| BatchError::Fatal(e.into()))?
+                .into_iter()
+                .collect();
+            self.pause(&all, until)
+                .map_err(|e| BatchError::Fatal(e.into()))?;
+        }
+        self.seek(first_deferred, true).await?;
+        Ok(())
+    }
+}
