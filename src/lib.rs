@@ -27,6 +27,8 @@
 //!   (consume, handle, then commit outputs, store changes and offsets in one transaction);
 //!   [`retry`] its tiers; [`dedupe`] the keyed changelog stores (dedupe store, effect ledger).
 //! - [`processor`]: the stage that turns events into commands.
+//! - [`dispatcher`]: the stage that delivers commands to external APIs, with its effect ledger,
+//!   rate limit and circuit breaker.
 //! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
 //! - [`telemetry`]: structured logging set-up.
 
@@ -34,6 +36,7 @@ pub mod adapters;
 pub mod codec;
 pub mod config;
 pub mod dedupe;
+pub mod dispatcher;
 pub mod ingest;
 pub mod kafka;
 pub mod model;

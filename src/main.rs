@@ -52,6 +52,15 @@ enum Command {
         #[arg(long)]
         instance: Option<String>,
     },
+    /// Run the dispatcher of one adapter until SIGTERM: deliver its outbox to the external API.
+    Deliver {
+        /// The adapter (one of the registry's: analytics, billing, crm, email, webhook).
+        #[arg(long)]
+        adapter: String,
+        /// This instance's stable name (its transactional id); overrides dispatcher.instance_id.
+        #[arg(long)]
+        instance: Option<String>,
+    },
     /// Benchmark helpers.
     Bench {
         #[command(subcommand)]
@@ -160,6 +169,20 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// A shutdown flag that turns true on SIGTERM or Ctrl-C; the batch in flight then gets `bound` to
+/// finish, after which the process exits regardless.
+fn stop_on_signal(bound: std::time::Duration) -> tokio::sync::watch::Receiver<bool> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        let _ = stop.send(true);
+        tokio::time::sleep(bound).await;
+        tracing::error!("shutdown took longer than {bound:?}; exiting");
+        std::process::exit(1);
+    });
+    stopped
+}
+
 async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Process { adapter, instance } => {
@@ -176,16 +199,7 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                     .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
             }
             let processor = onceflow::processor::Processor::new(&settings, adapter)?;
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let bound = settings.processor.shutdown_timeout;
-            tokio::spawn(async move {
-                shutdown_signal().await;
-                let _ = stop.send(true);
-                // The batch in flight gets `bound` to finish; then the process goes regardless.
-                tokio::time::sleep(bound).await;
-                tracing::error!("shutdown took longer than {bound:?}; exiting");
-                std::process::exit(1);
-            });
+            let stopped = stop_on_signal(settings.processor.shutdown_timeout);
             let counts = processor.run(stopped).await?;
             println!(
                 "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
@@ -193,6 +207,36 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                 counts.tally.duplicate,
                 counts.tally.retry,
                 counts.tally.dlq,
+                counts.batches,
+                counts.aborts,
+                counts.rejoins
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliver { adapter, instance } => {
+            if let Some(id) = instance {
+                settings.dispatcher.instance_id = id;
+            }
+            let config = settings.adapters.get(&adapter).with_context(|| {
+                format!("adapter `{adapter}` is not enabled in the settings ([adapters.{adapter}])")
+            })?;
+            let adapter = onceflow::adapters::build(&adapter, config)
+                .with_context(|| format!("no adapter named `{adapter}` in the registry"))?;
+            if let Some(listen) = settings.dispatcher.metrics_listen {
+                telemetry::metrics::install_prometheus(listen)
+                    .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
+            }
+            let dispatcher = onceflow::dispatcher::Dispatcher::new(&settings, adapter)?;
+            let stopped = stop_on_signal(settings.dispatcher.shutdown_timeout);
+            let counts = dispatcher.run(stopped).await;
+            let t = &counts.tally;
+            println!(
+                "delivered: {} delivered, {} duplicates, {} in doubt, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
+                t.ok,
+                t.duplicate,
+                t.in_doubt,
+                t.retry,
+                t.dlq,
                 counts.batches,
                 counts.aborts,
                 counts.rejoins

@@ -94,6 +94,70 @@ async fn post(
     }
 }
 
+async fn signed_with(base: &str, body: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut req = reqwest::Client::new()
+        .post(format!("{base}/v1/sources/demo/events"))
+        .header("content-type", "application/json")
+        .header(
+            signature::HEADER,
+            signature::sign(SECRET.as_bytes(), now(), body.as_bytes()),
+        )
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    Reply {
+        status: resp.status().as_u16(),
+        retry_after: None,
+        body: resp.json().await.unwrap_or(Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_through_external_automations_is_refused_and_hops_and_traces_travel_as_headers() {
+    let s = settings().await;
+    let max = s.ingest.max_hops.to_string();
+    let over = (s.ingest.max_hops + 1).to_string();
+    let base = start(&s).await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    let at_limit = signed_with(
+        &base,
+        &lead("H-1", "h1@x.io"),
+        &[("x-onceflow-hop", &max), ("traceparent", trace)],
+    )
+    .await;
+    assert_eq!(at_limit.status, 202, "{}", at_limit.body);
+    let looped = signed_with(&base, &lead("H-2", "h2@x.io"), &[("x-onceflow-hop", &over)]).await;
+    assert_eq!(looped.status, 422, "{}", looped.body);
+    assert_eq!(looped.body["error"], "cycle_detected");
+    assert_eq!(looped.body["field"], "X-Onceflow-Hop");
+    let garbage = signed_with(&base, &lead("H-3", "h3@x.io"), &[("x-onceflow-hop", "-1")]).await;
+    assert_eq!(garbage.status, 400, "{}", garbage.body);
+    let plain = signed(&base, &lead("H-4", "h4@x.io")).await;
+    assert_eq!(plain.status, 202);
+
+    // Only the two accepted events are in the topic, with their hop count and trace context.
+    let (s2, topic) = (s.clone(), s.ingest.topic.clone());
+    let raw = tokio::task::spawn_blocking(move || {
+        common::read_all_bytes(&s2, &topic, Isolation::ReadCommitted)
+    })
+    .await
+    .unwrap();
+    assert_eq!(raw.len(), 2);
+    let mut seen: Vec<(Option<&str>, Option<&str>)> = raw
+        .iter()
+        .map(|r| (r.header("onceflow.hop"), r.header("traceparent")))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![(Some("0"), None), (Some(max.as_str()), Some(trace))]
+    );
+    common::cleanup(&s, &[&s.ingest.topic]).await;
+}
+
 async fn signed(base: &str, body: &str) -> Reply {
     post(
         base,

@@ -90,6 +90,7 @@ impl Catalog {
         schema_file!("invoice_create.v1.avsc"),
         schema_file!("analytics_track.v1.avsc"),
         schema_file!("webhook_post.v1.avsc"),
+        schema_file!("delivery_receipt.v1.avsc"),
     ];
 
     /// The catalog of [`Catalog::FILES`].

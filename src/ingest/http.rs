@@ -34,7 +34,7 @@ use serde::Serialize;
 use serde_json::{Map, Value as Json, json};
 use tracing::{info, warn};
 
-use super::producer::{Producer, PublishError};
+use super::producer::{Context, Producer, PublishError};
 use super::signature;
 use crate::codec::catalog::Catalog;
 use crate::config::{ConfigError, Settings};
@@ -45,6 +45,10 @@ use crate::telemetry::metrics;
 
 /// The correlation id a caller may send; echoed back and carried in the event's meta.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
+/// Hops the event has made (onceflow's own outgoing webhooks set it, counting up).
+pub const HOP_HEADER: &str = "x-onceflow-hop";
+/// W3C trace context.
+pub const TRACEPARENT_HEADER: &str = "traceparent";
 
 /// Seconds a client should wait after a 503.
 const UNAVAILABLE_RETRY_AFTER: u64 = 5;
@@ -76,6 +80,7 @@ struct Source {
 
 struct App {
     sources: HashMap<String, Source>,
+    max_hops: u32,
     producer: Producer,
     registry_url: String,
     http: reqwest::Client,
@@ -179,6 +184,7 @@ pub fn build(settings: &Settings) -> Result<Router, IngestError> {
     }
     let app = App {
         sources,
+        max_hops: settings.ingest.max_hops,
         producer: Producer::new(settings)?,
         registry_url: settings.registry.url.clone(),
         http: reqwest::Client::builder().timeout(READY_TIMEOUT).build()?,
@@ -447,6 +453,7 @@ async fn accept(
         .retry_after(wait.as_secs_f64().ceil() as u64));
     }
 
+    let context = context(headers, app.max_hops)?;
     let json: Json = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     let env = envelope(json, &source.allowed)?;
@@ -458,7 +465,7 @@ async fn accept(
         env.data,
         Some(correlation_id.to_string()),
     );
-    match app.producer.publish(&event).await {
+    match app.producer.publish_with(&event, &context).await {
         Ok(d) => Ok(Accepted {
             event_id: d.event_id,
             correlation_id: d.correlation_id,
@@ -476,6 +483,40 @@ async fn accept(
             e.to_string(),
         )),
     }
+}
+
+/// The hop count and trace context of a request: an event past `max_hops` is a loop through
+/// external automations (A → B → A) and is refused.
+fn context(headers: &HeaderMap, max_hops: u32) -> Result<Context, ApiError> {
+    let hop = match headers.get(HOP_HEADER) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_header",
+                    "X-Onceflow-Hop must be a non-negative integer",
+                )
+                .field("X-Onceflow-Hop")
+            })?,
+    };
+    if hop > max_hops {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "cycle_detected",
+            format!("the event has made {hop} hops, more than ingest.max_hops ({max_hops}): a loop through external automations"),
+        )
+        .field("X-Onceflow-Hop"));
+    }
+    let traceparent = headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
+        .map(str::to_string);
+    Ok(Context { hop, traceparent })
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -9,4 +9,4 @@ pub mod openapi;
 pub mod producer;
 pub mod signature;
 
-pub use producer::{Delivery, Producer, PublishError};
+pub use producer::{Context, Delivery, Producer, PublishError};

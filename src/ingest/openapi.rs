@@ -87,18 +87,22 @@ pub fn document(catalog: &Catalog) -> Json {
                     {"name": "source", "in": "path", "required": true, "schema": {"type": "string"}},
                     {"name": "X-Onceflow-Signature", "in": "header", "required": true, "schema": {"type": "string"},
                      "description": "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<raw body>\"> under the source's secret"},
-                    {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 128}}
+                    {"name": "X-Correlation-Id", "in": "header", "required": false, "schema": {"type": "string", "maxLength": 128}},
+                    {"name": "X-Onceflow-Hop", "in": "header", "required": false, "schema": {"type": "integer", "minimum": 0},
+                     "description": "Hops the event has made; onceflow's outgoing webhooks set it. Past ingest.max_hops the event is refused (422 cycle_detected)."},
+                    {"name": "traceparent", "in": "header", "required": false, "schema": {"type": "string"},
+                     "description": "W3C trace context, carried to the providers."}
                 ],
                 "requestBody": {"required": true, "content": {"application/json": {"schema": {"oneOf": variants}}}},
                 "responses": {
                     "202": {"description": "Accepted: the broker acknowledged the event.",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                    "400": error_response("Malformed JSON."),
+                    "400": error_response("Malformed JSON, or a malformed X-Onceflow-Hop."),
                     "401": error_response("Missing, invalid or stale signature."),
                     "404": error_response("Unknown source."),
                     "413": error_response("Body over the source's limit."),
                     "415": error_response("Content-Type is not application/json."),
-                    "422": error_response("The event does not match its schema or rules; `field` names the culprit."),
+                    "422": error_response("The event does not match its schema or rules (`schema_violation`; `field` names the culprit), or it has made more hops than ingest.max_hops (`cycle_detected`)."),
                     "429": error_response("Rate limited; see Retry-After."),
                     "503": error_response("Broker or registry unavailable; nothing was accepted; see Retry-After.")
                 }

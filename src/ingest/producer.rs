@@ -16,12 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 
 use crate::codec::catalog::Catalog;
 use crate::codec::{AvroCodec, Codec, CodecError};
 use crate::config::Settings;
 use crate::kafka::client;
+use crate::model::headers::name;
 use crate::model::{Event, FieldError};
 use crate::telemetry::metrics;
 
@@ -66,6 +68,15 @@ impl PublishError {
             PublishError::Broker(_) => true,
         }
     }
+}
+
+/// What travels with an event besides its value, as Kafka headers.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Hops the event has made through onceflow's outgoing webhooks and back (0 from outside).
+    pub hop: u32,
+    /// The W3C trace context it arrived with.
+    pub traceparent: Option<String>,
 }
 
 /// Publishes events to one input topic.
@@ -113,7 +124,16 @@ impl<C: Codec> Producer<C> {
 
     /// Validates, encodes and publishes `event`; resolves after the broker's acknowledgement.
     pub async fn publish(&self, event: &Event) -> Result<Delivery, PublishError> {
-        let result = self.publish_inner(event).await;
+        self.publish_with(event, &Context::default()).await
+    }
+
+    /// [`Producer::publish`] with the event's hop count and trace context as record headers.
+    pub async fn publish_with(
+        &self,
+        event: &Event,
+        context: &Context,
+    ) -> Result<Delivery, PublishError> {
+        let result = self.publish_inner(event, context).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) if e.is_retriable() => "unavailable",
@@ -124,7 +144,11 @@ impl<C: Codec> Producer<C> {
         result
     }
 
-    async fn publish_inner(&self, event: &Event) -> Result<Delivery, PublishError> {
+    async fn publish_inner(
+        &self,
+        event: &Event,
+        context: &Context,
+    ) -> Result<Delivery, PublishError> {
         let mut event = event.clone();
         let t = event.event_type().ok_or_else(|| {
             PublishError::Invalid(FieldError {
@@ -139,7 +163,21 @@ impl<C: Codec> Producer<C> {
         let value = event.to_avro(schema, version)?;
         let key = event.entity_key()?;
         let payload = self.codec.encode(&self.topic, schema, value).await?;
-        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        let hop = context.hop.to_string();
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: name::HOP,
+            value: Some(&hop),
+        });
+        if let Some(t) = &context.traceparent {
+            headers = headers.insert(Header {
+                key: name::TRACEPARENT,
+                value: Some(t),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(headers);
         let ack = self
             .kafka
             .send(record, self.timeout)

@@ -147,7 +147,7 @@ impl<E: Entry> BatchCx<'_, E> {
             |e| e.origin.clone(),
         );
         let first_failed_at = previous.map_or(self.now, |e| e.first_failed_at);
-        let next = if failure.class == ErrorClass::Retryable {
+        let next = if matches!(failure.class, ErrorClass::Retryable | ErrorClass::Timeout) {
             self.policy
                 .next(attempt, failure.retry_after, self.now, fastrand::f64())
         } else {
@@ -190,6 +190,38 @@ impl<E: Entry> BatchCx<'_, E> {
                 .increment(1);
                 Routed::DeadLetter(out)
             }
+        }
+    }
+
+    /// Parks a record that must not be handled before `until` (epoch ms) in the last retry tier,
+    /// without counting an attempt: a send scheduled further ahead than the provider can schedule.
+    pub fn delay(&self, m: &OwnedMessage, previous: Option<&ErrorEnvelope>, until: i64) -> Out {
+        let envelope = ErrorEnvelope::new(
+            ErrorClass::Retryable,
+            &format!("scheduled: waits until {until} (epoch ms) to be within the provider's reach"),
+            previous.map_or(0, |e| e.attempt),
+            previous.map_or(self.now, |e| e.first_failed_at),
+            until,
+            previous.map_or_else(
+                || Origin {
+                    topic: m.topic().to_string(),
+                    partition: m.partition(),
+                    offset: m.offset(),
+                },
+                |e| e.origin.clone(),
+            ),
+            self.adapter,
+            self.stage,
+            previous.and_then(|e| e.correlation_id.clone()),
+        );
+        Out {
+            topic: self
+                .names
+                .retry(self.adapter, self.stage, self.policy.tiers()),
+            partition: Some(m.partition()),
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers: Some(envelope.headers_for(m.headers())),
         }
     }
 

@@ -68,6 +68,18 @@ pub struct RawRec {
     pub offset: i64,
     pub key: String,
     pub value: Vec<u8>,
+    /// Headers as (name, UTF-8 value).
+    pub headers: Vec<(String, String)>,
+}
+
+impl RawRec {
+    /// The value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// [`read_all_bytes`] with values as (lossy) UTF-8.
@@ -122,11 +134,24 @@ pub fn read_all_bytes(settings: &Settings, topic: &str, isolation: Isolation) ->
     loop {
         if let Some(m) = consumer.poll(Duration::from_millis(100)) {
             let m = m.unwrap();
+            use rdkafka::message::Headers;
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| {
+                            let v = String::from_utf8_lossy(h.value.unwrap_or_default());
+                            (h.key.to_string(), v.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             out.push(RawRec {
                 partition: m.partition(),
                 offset: m.offset(),
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 value: m.payload().unwrap_or_default().to_vec(),
+                headers,
             });
             last = Instant::now();
             continue;
