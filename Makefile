@@ -5,9 +5,14 @@ SHELL := /bin/bash
 CONFIG ?= deploy/local/onceflow.toml
 STACK  := deploy/local/stack
 BIN    := target/debug/onceflow
+SANDBOX := target/debug/onceflow-sandbox
 export ONCEFLOW_CONFIG := $(CONFIG)
-# The demo sender's secret, for development only (deploy/local/onceflow.toml reads it from here).
+# Development secrets only (deploy/local/onceflow.toml reads them from here): the demo sender's
+# HMAC secret, the provider sandboxes' API key, the outgoing webhooks' signing secret.
 export ONCEFLOW_SOURCE_DEMO_SECRET ?= demo-secret
+export ONCEFLOW_SANDBOX_API_KEY ?= sandbox-key
+export ONCEFLOW_WEBHOOK_SECRET ?= whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==
+export ONCEFLOW_SANDBOX_WEBHOOK_SECRET ?= $(ONCEFLOW_WEBHOOK_SECRET)
 
 .PHONY: demo test build lint stack-up stack-down stack-status
 
@@ -17,28 +22,34 @@ demo: stack-up build
 	$(BIN) topics create
 	@echo "== transactional round trip"
 	$(BIN) demo round-trip
-	@echo "== ingest: signed sample webhooks (logs in target/demo-ingest.log)"
-	@$(BIN) --log-format json ingest 2> target/demo-ingest.log & pid=$$!; \
-	trap 'kill $$pid 2>/dev/null; wait $$pid 2>/dev/null' EXIT; \
-	$(BIN) demo webhooks
-	@echo "== processors (logs in target/demo-processors.log)"
-	@$(BIN) --log-format json demo processors 2> target/demo-processors.log
+	@echo "== provider sandboxes on 127.0.0.1:8700 (logs in target/demo-sandbox.log)"
+	@$(SANDBOX) --listen 127.0.0.1:8700 > /dev/null 2> target/demo-sandbox.log & sandbox=$$!; \
+	$(BIN) --log-format json ingest 2> target/demo-ingest.log & ingest=$$!; \
+	trap 'kill $$ingest $$sandbox 2>/dev/null; wait $$ingest $$sandbox 2>/dev/null' EXIT; \
+	echo "== ingest: signed sample webhooks (logs in target/demo-ingest.log)"; \
+	$(BIN) demo webhooks; \
+	echo "== processors (logs in target/demo-processors.log)"; \
+	$(BIN) --log-format json demo processors 2> target/demo-processors.log; \
+	echo "== dispatchers (logs in target/demo-dispatchers.log)"; \
+	$(BIN) --log-format json demo dispatchers 2> target/demo-dispatchers.log; \
+	echo "== what the providers did"; \
+	$(BIN) demo providers
 
 ## test: start the local stack (if down) and run every test; prints the total at the end.
 test: stack-up
 	@mkdir -p target
-	@status=0; cargo test --locked --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
+	@status=0; cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } \
 	     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test.log; \
 	exit $$status
 
 build:
-	cargo build --locked
+	cargo build --locked --workspace
 
 ## lint: formatting and clippy, as CI runs them.
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 stack-up:
 	$(STACK) up
@@ -54,6 +65,12 @@ stack-status:
 .PHONY: bench-ingest
 bench-ingest: stack-up
 	cargo bench --locked --bench ingest
+
+## bench-delivery: webhook → provider effect latency at 500/1000/2000 events/s (open loop) and
+## dispatcher commands/s against a 50 ms provider (bench/DELIVERY.md). Not part of `make test`.
+.PHONY: bench-delivery
+bench-delivery: stack-up
+	cargo bench --locked --bench delivery
 
 ## bench-processor: records/s of the processor (exactly-once) vs. the same loop at-least-once,
 ## Kafka Streams EOS v2 and Kafka's TransactionalMessageCopier (bench/PROCESSOR.md).

@@ -84,6 +84,19 @@ enum DemoPart {
     /// Run a processor for every configured adapter over the input topics until each has caught
     /// up, and print what each did.
     Processors,
+    /// Run a dispatcher for every configured adapter until each has delivered its outbox, and
+    /// print what each did.
+    Dispatchers,
+    /// Print what the provider sandboxes did (their own effect log), and the effects of the sample
+    /// lead that was posted twice.
+    Providers {
+        /// Base URL of `onceflow-sandbox`.
+        #[arg(long, default_value = "http://127.0.0.1:8700")]
+        sandbox: String,
+        /// Folder of sample request bodies (for the duplicated lead's id).
+        #[arg(long, default_value = "deploy/local/samples")]
+        samples: PathBuf,
+    },
     /// Post the signed sample webhooks (plus a duplicate, a bad signature, a schema violation) to a
     /// running `onceflow ingest` and print each answer.
     Webhooks {
@@ -373,6 +386,81 @@ async fn run(command: Command, mut settings: Settings) -> anyhow::Result<ExitCod
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            part: DemoPart::Dispatchers,
+        } => {
+            let outcomes = ops::demo::delivery::run_dispatchers(
+                &settings,
+                std::time::Duration::from_secs(120),
+            )
+            .await
+            .context("demo dispatchers")?;
+            let names = onceflow::kafka::names::Names::new(&settings);
+            println!(
+                "dispatchers (one consumer group per adapter; ledger, receipts and offsets in one transaction):"
+            );
+            for o in &outcomes {
+                let t = &o.counts.tally;
+                println!(
+                    "  {:<10} {} commands delivered (receipts in {}), {} duplicates not resent, {} in doubt, {} retried, {} dead-lettered",
+                    o.adapter,
+                    t.ok,
+                    names.results(&o.adapter),
+                    t.duplicate,
+                    t.in_doubt,
+                    t.retry,
+                    t.dlq
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            part: DemoPart::Providers { sandbox, samples },
+        } => {
+            let lead: serde_json::Value =
+                std::fs::read_to_string(samples.join("lead_captured.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                    .context("reading the lead_captured sample")?;
+            let lead_id = lead["id"].as_str().unwrap_or_default();
+            let r = ops::demo::delivery::providers(&settings, &sandbox, lead_id)
+                .await
+                .context("demo providers")?;
+            println!("providers (the sandboxes' own log of what they did, {sandbox}/_effects):");
+            for (provider, kinds) in &r.effects {
+                let what: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} {k}")).collect();
+                println!(
+                    "  {:<10} {} (from {} calls)",
+                    provider,
+                    what.join(", "),
+                    r.calls.get(provider).copied().unwrap_or(0)
+                );
+            }
+            if r.effects.is_empty() {
+                println!(
+                    "  nothing new: every sample was a duplicate of an earlier demo run's events, so no command reached a provider again"
+                );
+            }
+            let per: Vec<String> = r
+                .duplicate_effects
+                .iter()
+                .map(|(a, n)| format!("{a} {n}"))
+                .collect();
+            if !per.is_empty() {
+                println!(
+                    "  the lead posted twice (event {}) had one effect per provider: {}",
+                    r.duplicate_event,
+                    per.join(", ")
+                );
+            }
+            let ok = r.duplicate_effects.values().all(|n| *n == 1);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                println!("  MISMATCH: a provider saw the duplicated lead more than once");
+                ExitCode::FAILURE
+            })
         }
         Command::Demo {
             part: DemoPart::RoundTrip { records },

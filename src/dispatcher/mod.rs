@@ -22,6 +22,9 @@
 //!   masked excerpt of the body. A 429 slows the adapter down (the gate) rather than using a tier.
 //! - While the circuit breaker is open no call is made: the batch's remaining commands are deferred
 //!   (not consumed, not dead-lettered) and every partition is paused until the breaker may probe.
+//!   A partition is consumed only up to its first deferred command; of the commands after it (read
+//!   again later) only delivered ones are settled, since the ledger will recognise them, and the
+//!   others are deferred too, so nothing is routed twice.
 //! - `dry_run`: everything but the call happens; the receipt says `dry_run`.
 
 mod breaker;
@@ -31,7 +34,7 @@ mod http;
 pub mod ledger;
 mod results;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use rdkafka::message::{Message, OwnedMessage};
@@ -332,9 +335,35 @@ impl Work for Deliver {
         let (mut outcomes, resume_at) = calls::run(calls, &env).await;
         outcomes.sort_by_key(|(n, _)| *n);
         h.pause_all_until = resume_at;
+        // A partition is consumed only up to its first deferred record; records after it are read
+        // again, so only what the ledger will recognise may be settled for them.
+        let mut first_deferred: HashMap<(&str, i32), i64> = HashMap::new();
+        for (n, o) in &outcomes {
+            if matches!(o, Outcome::Deferred) {
+                let m = due[to_call[*n].0].msg;
+                let first = first_deferred
+                    .entry((m.topic(), m.partition()))
+                    .or_insert(m.offset());
+                *first = (*first).min(m.offset());
+            }
+        }
         for (n, outcome) in outcomes {
             let (i, decoded, _) = &to_call[n];
             let d = &due[*i];
+            let behind = first_deferred
+                .get(&(d.msg.topic(), d.msg.partition()))
+                .is_some_and(|first| d.msg.offset() > *first);
+            let outcome = match outcome {
+                Outcome::Delivered { .. } => outcome,
+                // Its mark stays: read again, it is in doubt and its policy decides.
+                Outcome::Unknown(_) if behind => {
+                    h.deferred
+                        .push((d.msg.topic().to_string(), d.msg.partition(), d.msg.offset()));
+                    continue;
+                }
+                _ if behind => Outcome::Deferred,
+                _ => outcome,
+            };
             self.settle(cx, &mut h, d, decoded, outcome).await?;
         }
         Ok(h)

@@ -340,9 +340,17 @@ impl<W: Work> Session<'_, W> {
         // Due records only: a retry record whose time has not come pauses its partition there.
         let mut due = Vec::with_capacity(batch.len());
         let mut paused_now: HashSet<(String, i32)> = HashSet::new();
+        // Records of a partition paused by an earlier batch that were fetched before the pause:
+        // not handled now, so their partition is rewound to the first of them.
+        let mut fetched_while_paused: BTreeMap<(String, i32), i64> = BTreeMap::new();
         for m in batch {
             let tp = (m.topic().to_string(), m.partition());
-            if paused_now.contains(&tp) || self.paused.contains_key(&tp) {
+            if paused_now.contains(&tp) {
+                continue;
+            }
+            if self.paused.contains_key(&tp) {
+                let first = fetched_while_paused.entry(tp).or_insert(m.offset());
+                *first = (*first).min(m.offset());
                 continue;
             }
             let envelope = if r.retry_topics.iter().any(|t| t == m.topic()) {
@@ -361,6 +369,7 @@ impl<W: Work> Session<'_, W> {
             }
             due.push(Due { msg: m, envelope });
         }
+        self.seek(fetched_while_paused, false).await?;
         if due.is_empty() {
             return Ok(());
         }

@@ -322,3 +322,109 @@ pub fn lead_v1_value() -> apache_avro::types::Value {
         ("consent_marketing".into(), Value::Boolean(true)),
     ])
 }
+
+/// The commands the built-in adapter `adapter` (configured as in `settings`) decides for `events`.
+pub fn decide(
+    settings: &Settings,
+    adapter: &str,
+    events: &[onceflow::model::Event],
+) -> Vec<onceflow::model::command::Command> {
+    let config = settings.adapters.get(adapter).cloned().unwrap_or_default();
+    let a = onceflow::adapters::build(adapter, &config).unwrap();
+    events.iter().flat_map(|e| a.decide(e).unwrap()).collect()
+}
+
+/// Writes `commands` to the outbox of their adapter, as the processor would (Avro through the
+/// registry, keyed by entity), with `headers` on every record.
+pub async fn write_outbox(
+    settings: &Settings,
+    commands: &[onceflow::model::command::Command],
+    headers: &[(&str, &str)],
+) {
+    use onceflow::codec::Codec;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let codec = onceflow::codec::AvroCodec::new(&settings.registry).unwrap();
+    let catalog = onceflow::codec::catalog::Catalog::builtin().unwrap();
+    let names = onceflow::kafka::names::Names::new(settings);
+    let producer: FutureProducer = client::producer(&settings.kafka, "test.outbox")
+        .create()
+        .unwrap();
+    let mut pending = Vec::new();
+    for c in commands {
+        let outbox = names.outbox(&c.meta.adapter);
+        let (_, schema) = catalog.latest(c.command_type.schema_name()).unwrap();
+        let value = c.to_avro(schema).unwrap();
+        let payload = codec.encode(&outbox, schema, value).await.unwrap();
+        let mut h = OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(Header {
+                key: k,
+                value: Some(*v),
+            });
+        }
+        let record = FutureRecord::to(&outbox)
+            .key(c.key.as_bytes())
+            .payload(&payload)
+            .headers(h);
+        pending.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+    }
+    for p in pending {
+        p.await.unwrap().map_err(|(e, _)| e).unwrap();
+    }
+}
+
+/// Every receipt on `topic` (read_committed), decoded to JSON.
+pub async fn receipts(settings: &Settings, topic: &str) -> Vec<serde_json::Value> {
+    use onceflow::codec::Codec;
+    let (s, t) = (settings.clone(), topic.to_string());
+    let raw = tokio::task::spawn_blocking(move || read_all_bytes(&s, &t, Isolation::ReadCommitted))
+        .await
+        .unwrap();
+    let codec = onceflow::codec::AvroCodec::new(&settings.registry).unwrap();
+    let mut out = Vec::with_capacity(raw.len());
+    for r in raw {
+        let decoded = codec.decode(&r.value).await.unwrap();
+        out.push(onceflow::model::json_avro::to_json(&decoded.value));
+    }
+    out
+}
+
+/// Every record of a DLQ or retry topic (read_committed) with its envelope and key.
+pub fn envelopes(
+    settings: &Settings,
+    topic: &str,
+) -> Vec<(String, onceflow::model::headers::ErrorEnvelope)> {
+    let raw = read_all_bytes(settings, topic, Isolation::ReadCommitted);
+    raw.into_iter()
+        .map(|r| {
+            let mut h = rdkafka::message::OwnedHeaders::new();
+            for (k, v) in &r.headers {
+                h = h.insert(rdkafka::message::Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+            let env = onceflow::model::headers::ErrorEnvelope::read(Some(&h))
+                .expect("a complete envelope");
+            (r.key, env)
+        })
+        .collect()
+}
+
+/// An InvoiceRequested event for customer `cus_<n>` in `currency`.
+pub fn invoice_event(n: usize, currency: &str) -> onceflow::model::Event {
+    let data = serde_json::json!({"customer_id": format!("cus_{n}"), "customer_email": format!("b{n}@x.io"),
+        "currency": currency, "amount_minor": 1000 + n as i64, "description": "Pro plan", "due_at": null});
+    let serde_json::Value::Object(map) = data else {
+        unreachable!()
+    };
+    onceflow::model::Event::new(
+        onceflow::model::EventType::InvoiceRequested,
+        "test",
+        Some(&format!("inv-{n}")),
+        1_795_428_000_000,
+        map,
+        None,
+    )
+}

@@ -5,10 +5,15 @@
 //! Also the webhook part of the demo: post the signed samples of `deploy/local/samples/` to a running
 //! `onceflow ingest`, plus a duplicate, a bad signature and a schema violation, and report each answer.
 //!
+//! The processors' part runs every adapter's processor until caught up; the delivery part
+//! ([`delivery`]) runs the dispatchers and reads what the provider sandboxes did.
+//!
 //! Invariants:
 //! - One run's outputs and its input offsets become visible together, in one commit, or not at all.
 //! - Runs share one group (`<ns>.demo.roundtrip`), so a second run resumes after the first one's
 //!   committed offsets instead of transforming old records again.
+
+pub mod delivery;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
