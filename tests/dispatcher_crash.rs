@@ -131,7 +131,18 @@ impl Harness {
     async fn torture(&self, exact: &[&str], kills: usize) {
         for (run, fault) in exact.iter().enumerate() {
             let mut child = self.spawn(Some(fault), run);
-            let status = child.wait().unwrap();
+            let deadline = std::time::Instant::now() + Duration::from_secs(120);
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if std::time::Instant::now() > deadline {
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    panic!("{fault}: no crash within 120 s\n{}", self.logs());
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
             assert!(
                 !status.success(),
                 "{fault}: expected a crash, got {status}\n{}",
