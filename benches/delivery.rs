@@ -316,7 +316,7 @@ async fn part2_one(
         .map(|i| {
             common::lead(
                 &format!("{}-{i}", s.namespace),
-                &format!("d{i}@bench.example"),
+                &format!("{}-{i}@bench.example", s.namespace),
             )
         })
         .collect();

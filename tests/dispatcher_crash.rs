@@ -104,6 +104,10 @@ impl Harness {
     }
 
     fn spawn(&self, fault: Option<&str>, run: usize) -> Child {
+        self.spawn_with(fault, run, None)
+    }
+
+    fn spawn_with(&self, fault: Option<&str>, run: usize, metrics: Option<u16>) -> Child {
         let log = self.dir.join(format!("deliver-{run}.log"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_onceflow"));
         cmd.args([
@@ -124,11 +128,18 @@ impl Harness {
         if let Some(f) = fault {
             cmd.env("ONCEFLOW_TEST_FAULT", f);
         }
+        if let Some(port) = metrics {
+            cmd.env(
+                "ONCEFLOW__DISPATCHER__METRICS_LISTEN",
+                format!("127.0.0.1:{port}"),
+            );
+        }
         cmd.spawn().unwrap()
     }
 
-    /// Runs the exact-point crashes, then `kills` arbitrary SIGKILLs, then a last run to the end.
-    async fn torture(&self, exact: &[&str], kills: usize) {
+    /// Runs the exact-point crashes, then `kills` arbitrary SIGKILLs, then a last run to the end;
+    /// returns what the last run's `/metrics` said once everything was delivered.
+    async fn torture(&self, exact: &[&str], kills: usize) -> String {
         for (run, fault) in exact.iter().enumerate() {
             let mut child = self.spawn(Some(fault), run);
             let deadline = std::time::Instant::now() + Duration::from_secs(120);
@@ -155,7 +166,12 @@ impl Harness {
             child.kill().unwrap(); // SIGKILL: calls in flight, marks and transactions left open
             child.wait().unwrap();
         }
-        let mut last = self.spawn(None, exact.len() + kills);
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut last = self.spawn_with(None, exact.len() + kills, Some(port));
         let names = Names::new(&self.settings);
         let mut topics = vec![names.outbox(self.adapter)];
         topics.extend((1..=5).map(|n| names.retry(self.adapter, Stage::Deliver, n)));
@@ -166,8 +182,15 @@ impl Harness {
             CATCH_UP,
         )
         .await;
+        let metrics = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         last.kill().unwrap();
         last.wait().unwrap();
+        metrics
     }
 
     /// Command ids the dispatcher logged as in doubt, with how often.
@@ -192,20 +215,7 @@ impl Harness {
     }
 
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for e in std::fs::read_dir(&self.dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(8).collect();
-                out += &format!(
-                    "--- {}\n{}\n",
-                    p.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        out
+        common::log_tails(&self.dir, 8)
     }
 
     /// Effects per command id at the provider.
@@ -310,16 +320,33 @@ async fn without_keys_under_park_no_command_is_sent_twice_and_every_doubt_is_par
         .map(|i| common::lead(&format!("P-{i}"), &format!("p{i}@x.io")))
         .collect();
     let commands = decide(&h.settings, "email", &events);
-    write_outbox(&h.settings, &commands, &[]).await;
-    h.torture(
-        &[
-            "crash_after_marks:2",
-            "crash_before_commit:2",
-            "crash_after_commit:3",
-        ],
-        4,
+    let received = onceflow::model::event::now_ms().to_string();
+    write_outbox(
+        &h.settings,
+        &commands,
+        &[("onceflow.event.received_at", &received)],
     )
     .await;
+    let metrics = h
+        .torture(
+            &[
+                "crash_after_marks:2",
+                "crash_before_commit:2",
+                "crash_after_commit:3",
+            ],
+            4,
+        )
+        .await;
+    for needle in [
+        r#"onceflow_delivery_calls_total{adapter="email",outcome="ok"}"#,
+        "onceflow_delivery_call_seconds",
+        "onceflow_end_to_end_seconds",
+        r#"onceflow_breaker_state{adapter="email"}"#,
+        r#"onceflow_dispatcher_records_total{adapter="email",outcome="ok"}"#,
+        "onceflow_dispatcher_commit_seconds",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
+    }
 
     let effects = h.effects(Provider::Email);
     let doubled: Vec<_> = effects.iter().filter(|(_, n)| **n > 1).collect();

@@ -526,3 +526,36 @@ async fn an_aborted_transaction_is_redone_from_the_committed_offsets() {
     assert_eq!(ids.len(), 30);
     common::cleanup_plan(&s).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_carries_the_events_hop_count_trace_and_receipt_time() {
+    let s = settings("hop").await;
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let producer = onceflow::ingest::Producer::new(&s).unwrap();
+    let event = lead("H-1", "hop@x.io");
+    let received_at = event.meta.received_at;
+    let context = onceflow::ingest::Context {
+        hop: 3,
+        traceparent: Some(trace.into()),
+    };
+    producer.publish_with(&event, &context).await.unwrap();
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
+    running.stop().await;
+
+    let (s2, outbox) = (s.clone(), Names::new(&s).outbox("crm"));
+    let records = tokio::task::spawn_blocking(move || {
+        common::read_all_bytes(&s2, &outbox, Isolation::ReadCommitted)
+    })
+    .await
+    .unwrap();
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(r.header(name::HOP), Some("3"));
+    assert_eq!(r.header(name::TRACEPARENT), Some(trace));
+    assert_eq!(
+        r.header(name::EVENT_RECEIVED_AT),
+        Some(received_at.to_string().as_str())
+    );
+    common::cleanup_plan(&s).await;
+}

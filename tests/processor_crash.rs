@@ -97,20 +97,7 @@ impl Harness {
 
     /// Every log, for a failure message.
     fn logs(&self) -> String {
-        let mut out = String::new();
-        for e in std::fs::read_dir(&self.dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.extension().is_some_and(|x| x == "log") {
-                let text = std::fs::read_to_string(&p).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                out += &format!(
-                    "--- {}\n{}\n",
-                    p.display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-        }
-        out
+        common::log_tails(&self.dir, 15)
     }
 
     async fn check_exactly_once(&self, expected: &[String]) {

@@ -9,12 +9,10 @@
 //! default even though the provider honours keys: after 24 hours a resend would be a second
 //! invoice.
 
-use std::time::Duration;
-
 use serde_json::{Value as Json, json};
 
 use super::delivery::{CallContext, DeliveryError, Idempotency, Plan, Receipt, Request, Response};
-use super::{Adapter, AdapterError, bearer, id_of, required};
+use super::{Adapter, AdapterError, bearer, key_in_flight, receipt_at, required};
 use crate::config::InDoubt;
 use crate::model::command::{Command, CommandType};
 use crate::model::identity::normalize_email;
@@ -157,20 +155,12 @@ impl Adapter for Billing {
         response: &Response,
         now_ms: i64,
     ) -> Result<Receipt, DeliveryError> {
-        if response.status == 409
-            && id_of(response, "/error/code").as_deref() == Some("idempotency_key_in_use")
-        {
-            return Err(DeliveryError::Retry {
-                after: Some(Duration::from_secs(1)),
-                message: "the same idempotency key is in flight at the provider".into(),
-                status: Some(409),
-            });
+        if let Some(e) = key_in_flight(response, "/error/code", "idempotency_key_in_use") {
+            return Err(e);
         }
-        super::delivery::check_status(self.name(), response, now_ms)?;
-        Ok(Receipt {
-            provider_id: id_of(response, "/id"),
-            replayed: response.header("idempotent-replayed") == Some("true"),
-        })
+        let mut receipt = receipt_at(self.name(), response, now_ms, "/id")?;
+        receipt.replayed = response.header("idempotent-replayed") == Some("true");
+        Ok(receipt)
     }
 }
 

@@ -5,7 +5,7 @@
 use serde_json::{Map, Value as Json, json};
 
 use super::delivery::{CallContext, DeliveryError, Idempotency, Plan, Receipt, Request, Response};
-use super::{Adapter, AdapterError, bearer, id_of, pick, required};
+use super::{Adapter, AdapterError, bearer, pick, receipt_at, required};
 use crate::model::command::{Command, CommandType};
 use crate::model::identity::normalize_email;
 use crate::model::{Event, EventType};
@@ -107,11 +107,7 @@ impl Adapter for Crm {
         response: &Response,
         now_ms: i64,
     ) -> Result<Receipt, DeliveryError> {
-        super::delivery::check_status(self.name(), response, now_ms)?;
-        Ok(Receipt {
-            provider_id: id_of(response, "/results/0/id"),
-            replayed: false,
-        })
+        receipt_at(self.name(), response, now_ms, "/results/0/id")
     }
 }
 

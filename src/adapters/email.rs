@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Map, Value as Json, json};
 
 use super::delivery::{CallContext, DeliveryError, Idempotency, Plan, Receipt, Request, Response};
-use super::{Adapter, AdapterError, bearer, id_of, required, rfc3339, text};
+use super::{Adapter, AdapterError, bearer, key_in_flight, receipt_at, required, rfc3339, text};
 use crate::config::AdapterSettings;
 use crate::model::command::{Command, CommandType};
 use crate::model::identity::normalize_email;
@@ -195,25 +195,14 @@ impl Adapter for Email {
         response: &Response,
         now_ms: i64,
     ) -> Result<Receipt, DeliveryError> {
-        // Resend answers 409 to a key already in flight: not performed (yet); ask again later.
-        if response.status == 409
-            && id_of(response, "/name").as_deref() == Some("concurrent_idempotent_requests")
-        {
-            return Err(DeliveryError::Retry {
-                after: Some(Duration::from_secs(1)),
-                message: "the same idempotency key is in flight at the provider".into(),
-                status: Some(409),
-            });
+        if let Some(e) = key_in_flight(response, "/name", "concurrent_idempotent_requests") {
+            return Err(e);
         }
-        super::delivery::check_status(self.name(), response, now_ms)?;
-        let provider_id = match self.provider {
-            Provider::Resend => id_of(response, "/id"),
-            Provider::SendGrid => response.header("x-message-id").map(str::to_string),
-        };
-        Ok(Receipt {
-            provider_id,
-            replayed: false,
-        })
+        let mut receipt = receipt_at(self.name(), response, now_ms, "/id")?;
+        if self.provider == Provider::SendGrid {
+            receipt.provider_id = response.header("x-message-id").map(str::to_string);
+        }
+        Ok(receipt)
     }
 }
 

@@ -154,6 +154,33 @@ fn id_of(response: &Response, pointer: &str) -> Option<String> {
     })
 }
 
+/// The receipt of an answer whose provider id is at JSON `pointer`, after the shared status
+/// classification.
+fn receipt_at(
+    adapter: &str,
+    response: &Response,
+    now_ms: i64,
+    pointer: &str,
+) -> Result<Receipt, DeliveryError> {
+    delivery::check_status(adapter, response, now_ms)?;
+    Ok(Receipt {
+        provider_id: id_of(response, pointer),
+        replayed: false,
+    })
+}
+
+/// A 409 whose JSON `pointer` is `value`: the same idempotency key is in flight at the provider;
+/// nothing was performed by this call, so it is tried again in a second.
+fn key_in_flight(response: &Response, pointer: &str, value: &str) -> Option<DeliveryError> {
+    (response.status == 409 && id_of(response, pointer).as_deref() == Some(value)).then(|| {
+        DeliveryError::Retry {
+            after: Some(Duration::from_secs(1)),
+            message: "the same idempotency key is in flight at the provider".into(),
+            status: Some(409),
+        }
+    })
+}
+
 /// Copies the listed fields (those present) from `data`.
 fn pick(data: &Map<String, Json>, names: &[&str]) -> Map<String, Json> {
     names

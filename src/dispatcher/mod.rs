@@ -260,34 +260,7 @@ impl Work for Deliver {
                     h.tally.retry += 1;
                     self.forget_mark(&mut h, m, &decoded);
                 }
-                Err(DeliveryError::Permanent { reason, status }) => {
-                    self.route_failure(
-                        cx,
-                        &mut h,
-                        d,
-                        &decoded,
-                        ErrorClass::Permanent,
-                        &reason,
-                        None,
-                        status,
-                    );
-                }
-                Err(DeliveryError::Retry {
-                    after,
-                    message,
-                    status,
-                }) => {
-                    self.route_failure(
-                        cx,
-                        &mut h,
-                        d,
-                        &decoded,
-                        ErrorClass::Retryable,
-                        &message,
-                        after,
-                        status,
-                    );
-                }
+                Err(refusal) => self.route_refusal(cx, &mut h, d, &decoded, refusal),
             }
         }
         if to_call.is_empty() {
@@ -481,34 +454,7 @@ impl Deliver {
                 )
                 .await?;
             }
-            Outcome::Refused(DeliveryError::Permanent { reason, status }) => {
-                self.route_failure(
-                    cx,
-                    h,
-                    d,
-                    decoded,
-                    ErrorClass::Permanent,
-                    &reason,
-                    None,
-                    status,
-                );
-            }
-            Outcome::Refused(DeliveryError::Retry {
-                after,
-                message,
-                status,
-            }) => {
-                self.route_failure(
-                    cx,
-                    h,
-                    d,
-                    decoded,
-                    ErrorClass::Retryable,
-                    &message,
-                    after,
-                    status,
-                );
-            }
+            Outcome::Refused(refusal) => self.route_refusal(cx, h, d, decoded, refusal),
             Outcome::Unknown(message) => {
                 h.tally.in_doubt += 1;
                 self.in_doubt_noted(&decoded.command, &message);
@@ -601,6 +547,48 @@ impl Deliver {
         );
         count_routed(h, routed);
         self.forget_mark(h, d.msg, decoded);
+    }
+
+    /// Routes a command the provider (or the adapter) refused: retryable through the tiers,
+    /// permanent to the DLQ.
+    fn route_refusal(
+        &self,
+        cx: &BatchCx<'_, LedgerEntry>,
+        h: &mut Handled<LedgerEntry>,
+        d: &Due<'_>,
+        decoded: &Decoded,
+        refusal: DeliveryError,
+    ) {
+        match refusal {
+            DeliveryError::Permanent { reason, status } => {
+                self.route_failure(
+                    cx,
+                    h,
+                    d,
+                    decoded,
+                    ErrorClass::Permanent,
+                    &reason,
+                    None,
+                    status,
+                );
+            }
+            DeliveryError::Retry {
+                after,
+                message,
+                status,
+            } => {
+                self.route_failure(
+                    cx,
+                    h,
+                    d,
+                    decoded,
+                    ErrorClass::Retryable,
+                    &message,
+                    after,
+                    status,
+                );
+            }
+        }
     }
 
     fn forget_mark(&self, h: &mut Handled<LedgerEntry>, m: &OwnedMessage, decoded: &Decoded) {

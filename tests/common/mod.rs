@@ -428,3 +428,21 @@ pub fn invoice_event(n: usize, currency: &str) -> onceflow::model::Event {
         None,
     )
 }
+
+/// The last `lines` lines of every `.log` file in `dir`, for a failure message.
+pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
+    let mut out = String::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "log") {
+            let text = std::fs::read_to_string(&p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out += &format!(
+                "--- {}\n{}\n",
+                p.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    out
+}

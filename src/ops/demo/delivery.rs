@@ -49,20 +49,10 @@ pub async fn run_dispatchers(
         let mut topics = vec![names.outbox(name)];
         topics
             .extend((1..=settings.retry.tiers.len()).map(|n| names.retry(name, Stage::Deliver, n)));
-        loop {
-            let (kafka, g, t) = (settings.kafka.clone(), group.clone(), topics.clone());
-            let lag =
-                tokio::task::spawn_blocking(move || crate::kafka::admin::group_lag(&kafka, &g, &t))
-                    .await?;
-            if matches!(lag, Ok(0)) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(DemoError::Timeout(
-                    "the dispatchers to deliver the outboxes",
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        if !super::caught_up(settings, &group, &topics, deadline).await? {
+            return Err(DemoError::Timeout(
+                "the dispatchers to deliver the outboxes",
+            ));
         }
     }
     let mut outcomes = Vec::new();

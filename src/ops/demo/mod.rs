@@ -352,6 +352,28 @@ async fn count_visible(
     Ok(seen)
 }
 
+/// Waits until `group` has committed everything in `topics`; false if `deadline` passed first.
+async fn caught_up(
+    settings: &Settings,
+    group: &str,
+    topics: &[String],
+    deadline: Instant,
+) -> Result<bool, DemoError> {
+    loop {
+        let (kafka, g, t) = (settings.kafka.clone(), group.to_string(), topics.to_vec());
+        let lag =
+            tokio::task::spawn_blocking(move || crate::kafka::admin::group_lag(&kafka, &g, &t))
+                .await?;
+        if matches!(lag, Ok(0)) {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// What one adapter's processor did in the demo.
 #[derive(Debug)]
 pub struct ProcessorOutcome {
@@ -382,23 +404,9 @@ pub async fn run_processors(settings: &Settings) -> Result<Vec<ProcessorOutcome>
     let deadline = Instant::now() + Duration::from_secs(90);
     for (name, _, _) in &running {
         let group = names.group(name, Stage::Process);
-        loop {
-            let (kafka, g, inputs) = (
-                settings.kafka.clone(),
-                group.clone(),
-                settings.topics.inputs.clone(),
-            );
-            let lag = tokio::task::spawn_blocking(move || {
-                crate::kafka::admin::group_lag(&kafka, &g, &inputs)
-            })
-            .await?;
-            if matches!(lag, Ok(0)) {
-                break;
-            }
-            if Instant::now() >= deadline {
-                return Err(DemoError::Timeout("the processors to catch up"));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let caught_up = caught_up(settings, &group, &settings.topics.inputs, deadline).await?;
+        if !caught_up {
+            return Err(DemoError::Timeout("the processors to catch up"));
         }
     }
     let mut outcomes = Vec::new();
