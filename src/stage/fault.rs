@@ -3,12 +3,15 @@
 //! rest).
 //!
 //! `ONCEFLOW_TEST_FAULT=<point>:<batch>` (read once at start-up; unset in production):
-//! - `crash_before_commit:N`: in batch N, after every record and the offsets were sent to the
-//!   transaction, the process aborts (SIGABRT, no clean-up, like a power cut); for the dispatcher
-//!   this is after the batch's HTTP calls were made and before their results are committed;
-//! - `crash_after_marks:N`: in batch N, right after the dispatcher committed its "attempting" marks
-//!   and before it made any call;
-//! - `crash_after_commit:N`: in batch N, right after the commit;
+//! - `crash_before_commit:N`: after every record and the offsets were sent to the transaction,
+//!   the process aborts (SIGABRT, no clean-up, like a power cut); for the dispatcher this is after
+//!   the batch's HTTP calls were made and before their results are committed;
+//! - `crash_after_marks:N`: right after the dispatcher committed its "attempting" marks and before
+//!   it made any call;
+//! - `crash_after_commit:N`: right after the commit;
+//!
+//! each in batch N or, when batch N never gets that far (all its records deferred or paused), the
+//! first later batch that does;
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets.
 //!
@@ -65,8 +68,39 @@ impl FaultPlan {
         }
     }
 
-    /// Whether to inject `point` in batch `batch` (1-based).
+    /// Whether to inject `point` in batch `batch` (1-based). A crash fires at the first time the
+    /// point is reached in batch N or later (a batch whose records were all deferred or paused
+    /// never reaches a commit, so "exactly batch N" could be skipped); an injected abort fires in
+    /// batch N only.
     pub fn hit(&self, point: Point, batch: u64) -> bool {
-        self.fault == Some((point, batch))
+        match self.fault {
+            Some((Point::AbortBeforeCommit, n)) => point == Point::AbortBeforeCommit && batch == n,
+            Some((p, n)) => p == point && batch >= n,
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crashes_fire_from_their_batch_on_and_an_abort_only_in_its_batch() {
+        let crash = FaultPlan::at(Point::CrashAfterCommit, 3);
+        assert!(!crash.hit(Point::CrashAfterCommit, 2));
+        assert!(crash.hit(Point::CrashAfterCommit, 3));
+        assert!(
+            crash.hit(Point::CrashAfterCommit, 4),
+            "batch 3 may never have committed"
+        );
+        assert!(!crash.hit(Point::CrashBeforeCommit, 4));
+        let abort = FaultPlan::at(Point::AbortBeforeCommit, 1);
+        assert!(abort.hit(Point::AbortBeforeCommit, 1));
+        assert!(
+            !abort.hit(Point::AbortBeforeCommit, 2),
+            "the redone batch commits"
+        );
+        assert!(!FaultPlan::default().hit(Point::CrashAfterCommit, 1));
     }
 }
