@@ -76,20 +76,12 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "namespace = '{ns}'\n\
-                 [kafka]\nbootstrap_servers = '{b}'\ntransaction_timeout_ms = 20000\nmessage_timeout_ms = 15000\n\
-                 session_timeout_ms = 6000\n\
-                 [registry]\nurl = '{r}'\n[topics]\ninputs = ['{input}']\npartitions = {p}\n\
-                 [retry]\ntiers_ms = [200, 400, 800, 1600, 3200]\n\
+                "{base}[retry]\ntiers_ms = [200, 400, 800, 1600, 3200]\n\
                  [adapters.{adapter}]\nbase_url = 'http://{addr}/{adapter}'\ncredentials_env = 'ONCEFLOW_TEST_API_KEY'\n\
                  rate_per_second = 2000\nburst = 200\n{extra}\n\
                  [dispatcher]\nbatch_max_records = 100\nbatch_max_ms = 50\nstatic_membership = true\n\
                  request_timeout_ms = 1000\nconnect_timeout_ms = 500\nmax_wait_ms = 3000\n",
-                ns = s.namespace,
-                b = s.kafka.bootstrap_servers,
-                r = s.registry.url,
-                input = s.topics.inputs[0],
-                p = s.topics.partitions,
+                base = common::config_toml(&s),
                 addr = sandbox.addr,
             ),
         )

@@ -34,16 +34,9 @@ impl Harness {
         std::fs::write(
             &config,
             format!(
-                "namespace = '{ns}'\n\
-                 [kafka]\nbootstrap_servers = '{b}'\ntransaction_timeout_ms = 20000\nmessage_timeout_ms = 15000\n\
-                 session_timeout_ms = 6000\n\
-                 [registry]\nurl = '{r}'\n[topics]\ninputs = ['{input}']\npartitions = {p}\n[adapters.crm]\n\
+                "{}[adapters.crm]\n\
                  [processor]\nbatch_max_records = 50\nbatch_max_ms = 50\nstatic_membership = {static_membership}\n",
-                ns = s.namespace,
-                b = s.kafka.bootstrap_servers,
-                r = s.registry.url,
-                input = s.topics.inputs[0],
-                p = s.topics.partitions,
+                common::config_toml(&s)
             ),
         )
         .unwrap();

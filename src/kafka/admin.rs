@@ -333,18 +333,30 @@ pub fn group_lag(kafka: &KafkaSettings, group: &str, topics: &[String]) -> Resul
                 Offset::Offset(o) => o,
                 _ => 0,
             };
-            let gap = (high - done).max(0);
-            if gap > 0 && gap <= MARKER_GAP && !holds_data(kafka, topic, e.partition(), done, high)?
-            {
-                continue;
-            }
-            lag += gap;
+            lag += partition_lag(kafka, topic, e.partition(), done, high)?;
         }
     }
     Ok(lag)
 }
 
-/// The largest gap [`group_lag`] reads to tell markers from data.
+/// Records of a partition between `from` (a committed offset) and `end` (its log end) that a
+/// `read_committed` reader would get: the gap, except that a short gap holding only transaction
+/// markers is 0. Blocking.
+pub fn partition_lag(
+    kafka: &KafkaSettings,
+    topic: &str,
+    partition: i32,
+    from: i64,
+    end: i64,
+) -> Result<i64, KafkaError> {
+    let gap = (end - from).max(0);
+    if gap > 0 && gap <= MARKER_GAP && !holds_data(kafka, topic, partition, from, end)? {
+        return Ok(0);
+    }
+    Ok(gap)
+}
+
+/// The largest gap [`partition_lag`] reads to tell markers from data.
 const MARKER_GAP: i64 = 8;
 
 /// Whether offsets `from..to` of a partition hold a record a `read_committed` reader would get.

@@ -1,10 +1,11 @@
 //! Everything that knows Kafka: client configs ([`client`], the only home of librdkafka keys), topic
-//! and group names ([`names`], the only place that formats them), topic administration ([`admin`])
-//! and the transactional loop helpers ([`txn`]).
+//! and group names ([`names`], the only place that formats them), topic administration ([`admin`]),
+//! reading a topic to its end ([`scan`]) and the transactional loop helpers ([`txn`]).
 //!
 //! Invariant: code outside this module never builds a `ClientConfig` or formats a topic name.
 
 pub mod admin;
 pub mod client;
 pub mod names;
+pub mod scan;
 pub mod txn;

@@ -111,6 +111,12 @@ impl Names {
         format!("{}.{adapter}.{stage}.replay", self.ns)
     }
 
+    /// Stable `transactional.id` of a stage's DLQ replay: a second replay of the same DLQ fences
+    /// the first.
+    pub fn replay_transactional_id(&self, adapter: &str, stage: Stage) -> String {
+        format!("{}.{adapter}.{stage}.replay.tx", self.ns)
+    }
+
     /// Static group membership id (`group.instance.id`) of one instance of a stage: a restarted
     /// instance takes its partitions back without a rebalance, and fences its dead predecessor.
     pub fn static_member(&self, adapter: &str, stage: Stage, instance: &str) -> String {

@@ -45,7 +45,8 @@ pub struct Out {
     pub headers: Option<OwnedHeaders>,
 }
 
-pub(super) fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+/// The producer record of `o`.
+pub fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
     let mut r = FutureRecord::to(&o.topic);
     if let Some(p) = o.partition {
         r = r.partition(p);

@@ -45,7 +45,7 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed};
+pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed, to_record};
 
 use crate::config::{KafkaSettings, StageSettings};
 use crate::dedupe::{Change, Entry, RestoreError};

@@ -30,6 +30,8 @@ use crate::model::headers::ErrorEnvelope;
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
 /// How long the loop waits for a first record before it looks at shutdown and paused partitions.
 const IDLE_POLL: Duration = Duration::from_millis(100);
+/// How often the DLQ depth gauge is refreshed.
+const DEPTH_EVERY: Duration = Duration::from_secs(30);
 /// How often expired store entries are tombstoned, and how many per transaction at most.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 const SWEEP_LIMIT: usize = 1_000;
@@ -47,6 +49,7 @@ struct Session<'r, W: Work> {
     epoch: u64,
     batch_no: u64,
     last_sweep: Instant,
+    last_depth: Option<Instant>,
 }
 
 /// Runs one session until shutdown (Ok) or a fatal error (Err: the caller rejoins).
@@ -82,6 +85,7 @@ pub(super) async fn run<W: Work>(
         epoch: 0,
         batch_no: 0,
         last_sweep: Instant::now(),
+        last_depth: None,
     };
     let result = s.run(shutdown, counts).await;
     // Leave the group now (dynamic membership), rather than after the session timeout; the
@@ -137,6 +141,7 @@ impl<W: Work> Session<'_, W> {
         let adapter = self.r.adapter().to_string();
         while !*shutdown.borrow() {
             self.resume_due()?;
+            self.refresh_dlq_depth();
             let mut batch = self.collect().await?;
             let epoch = self.consumer.context().epoch();
             if epoch != self.epoch {
@@ -171,6 +176,26 @@ impl<W: Work> Session<'_, W> {
             }
         }
         Ok(())
+    }
+
+    /// Every [`DEPTH_EVERY`], in the background: the dead letters not yet replayed (beyond the
+    /// replay group's committed offsets) as a gauge.
+    fn refresh_dlq_depth(&mut self) {
+        if self.last_depth.is_some_and(|t| t.elapsed() < DEPTH_EVERY) {
+            return;
+        }
+        self.last_depth = Some(Instant::now());
+        let r = self.r;
+        let (kafka, adapter, stage) = (r.kafka.clone(), r.adapter().to_string(), r.spec.stage);
+        let group = r.names.replay_group(&adapter, stage);
+        let dlq = r.dlq.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(depth) = crate::kafka::admin::group_lag(&kafka, &group, &[dlq]) {
+                ::metrics::gauge!(crate::telemetry::metrics::DLQ_DEPTH, "adapter" => adapter,
+                    "stage" => stage.as_str())
+                .set(depth as f64);
+            }
+        });
     }
 
     /// Collects up to `batch_max_records` records, for at most `batch_max` after the first one.

@@ -100,6 +100,13 @@ pub const DISPATCHER: StageMetrics = StageMetrics {
     lag: DISPATCHER_LAG,
 };
 
+/// Counter of dead letters a replay read; labels `adapter`, `stage`, `outcome` (replayed,
+/// skipped).
+pub const REPLAY_RECORDS: &str = "onceflow_replay_records_total";
+/// Gauge of dead letters not yet replayed (beyond the replay group's committed offsets); labels
+/// `adapter`, `stage`. Exported by the stage's processor or dispatcher.
+pub const DLQ_DEPTH: &str = "onceflow_dlq_depth_records";
+
 /// Installs the Prometheus exporter with its own HTTP listener serving `/metrics`.
 pub fn install_prometheus(listen: std::net::SocketAddr) -> Result<(), String> {
     metrics_exporter_prometheus::PrometheusBuilder::new()

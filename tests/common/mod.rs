@@ -446,3 +446,19 @@ pub fn log_tails(dir: &std::path::Path, lines: usize) -> String {
     }
     out
 }
+
+/// The settings file of `settings`' namespace, broker, registry and topics (with the tests' short
+/// timeouts), for a real binary; callers append their own sections.
+pub fn config_toml(settings: &Settings) -> String {
+    format!(
+        "namespace = '{ns}'\n\
+         [kafka]\nbootstrap_servers = '{b}'\ntransaction_timeout_ms = 20000\nmessage_timeout_ms = 15000\n\
+         session_timeout_ms = 6000\n\
+         [registry]\nurl = '{r}'\n[topics]\ninputs = ['{input}']\npartitions = {p}\n",
+        ns = settings.namespace,
+        b = settings.kafka.bootstrap_servers,
+        r = settings.registry.url,
+        input = settings.topics.inputs[0],
+        p = settings.topics.partitions,
+    )
+}

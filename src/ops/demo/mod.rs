@@ -413,14 +413,11 @@ pub async fn run_processors(settings: &Settings) -> Result<Vec<ProcessorOutcome>
     for (name, stop, task) in running {
         let _ = stop.send(true);
         let counts = task.await?.map_err(|e| DemoError::Samples(e.to_string()))?;
-        let (kafka, topic, reader) = (
-            settings.kafka.clone(),
-            names.dlq(&name, Stage::Process),
-            names.changelog_reader(&name, Stage::Process),
-        );
-        let letters =
-            tokio::task::spawn_blocking(move || super::dlq::read(&kafka, &topic, &reader))
-                .await??;
+        let (kafka, topic) = (settings.kafka.clone(), names.dlq(&name, Stage::Process));
+        let letters = tokio::task::spawn_blocking(move || {
+            super::dlq::read(&kafka, &topic, &super::dlq::Filter::default())
+        })
+        .await??;
         let dead_letters = letters
             .into_iter()
             .filter_map(|d| d.envelope)
