@@ -273,3 +273,81 @@ async fn a_reset_is_refused_while_the_group_has_members_naming_them() {
     drop(member);
     common::cleanup(&s, &[&topic]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executed_reset_is_audited_and_a_dry_run_is_not() {
+    let s = common::settings();
+    common::create_plan(&s).await;
+    let topic = common::topic(&s, "audited", 2).await;
+    let group = format!("{}.audited", s.namespace);
+    commit(&s, &group, &topic, &[(0, 0), (1, 0)]);
+    let dir = std::env::temp_dir().join(format!("onceflow-offsets-{}", s.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("onceflow.toml");
+    std::fs::write(
+        &config,
+        format!("{}[adapters.crm]\n", common::config_toml(&s)),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_onceflow"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reset = [
+        "offsets",
+        "reset",
+        "--group",
+        &group,
+        "--topic",
+        &topic,
+        "--to-latest",
+    ];
+    let plan = run(&reset);
+    assert!(
+        plan.contains("NEW-OFFSET") && plan.contains("dry run"),
+        "{plan}"
+    );
+    let audited = |out: &str| -> Vec<serde_json::Value> { serde_json::from_str(out).unwrap() };
+    assert!(audited(&run(&["audit", "list", "--json"])).is_empty());
+    let mut executed = reset.to_vec();
+    executed.extend([
+        "--execute",
+        "--operator",
+        "alice",
+        "--reason",
+        "skip the backlog",
+    ]);
+    run(&executed);
+    let records = audited(&run(&["audit", "list", "--json"]));
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    assert_eq!(
+        (
+            r["operator"].as_str(),
+            r["action"].as_str(),
+            r["target"].as_str(),
+            r["reason"].as_str()
+        ),
+        (
+            Some("alice"),
+            Some("offsets.reset"),
+            Some(group.as_str()),
+            Some("skip the backlog")
+        )
+    );
+    assert_eq!(r["detail"]["plan"].as_array().unwrap().len(), 2);
+    std::fs::remove_dir_all(&dir).ok();
+    common::cleanup_plan(&s).await;
+    common::cleanup(&s, &[&topic]).await;
+}
