@@ -85,7 +85,8 @@ pub struct ReplaySpec {
     pub adapter: String,
     /// The stage whose DLQ is replayed.
     pub stage: Stage,
-    /// Which dead letters (offset and partition bounds in it are ignored: use `from`/`to`).
+    /// Which dead letters; its partitions are the only ones read and committed (all when `None`);
+    /// its offset bounds are ignored (use `from`/`to`).
     pub filter: Filter,
     /// Start here instead of the replay group's committed offsets.
     pub from: Option<Bound>,
@@ -184,6 +185,15 @@ fn bounds(
     let mut partitions = Vec::new();
     for t in metadata.topics() {
         for p in t.partitions() {
+            // A replay restricted to some partitions reads, and moves the group on, only those.
+            if spec
+                .filter
+                .partitions
+                .as_ref()
+                .is_some_and(|ps| !ps.contains(&p.id()))
+            {
+                continue;
+            }
             tpl.add_partition(topic, p.id());
             partitions.push(p.id());
         }
@@ -266,7 +276,7 @@ async fn dry_run(
     let (start, end) = tokio::task::spawn_blocking(move || bounds(&s, &g, &t, &sp)).await??;
     let want = total(&start, &end);
     let range = Range {
-        partitions: None,
+        partitions: spec.filter.partitions.clone(),
         from: start,
         from_all: None,
         to: None,
