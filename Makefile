@@ -13,6 +13,7 @@ export ONCEFLOW_SOURCE_DEMO_SECRET ?= demo-secret
 export ONCEFLOW_SANDBOX_API_KEY ?= sandbox-key
 export ONCEFLOW_WEBHOOK_SECRET ?= whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==
 export ONCEFLOW_SANDBOX_WEBHOOK_SECRET ?= $(ONCEFLOW_WEBHOOK_SECRET)
+export ONCEFLOW_CONSOLE_TOKEN ?= dev-console-token
 
 .PHONY: demo test build lint stack-up stack-down stack-status
 
@@ -33,7 +34,8 @@ demo: stack-up build
 	echo "== dispatchers (logs in target/demo-dispatchers.log)"; \
 	$(BIN) --log-format json demo dispatchers 2> target/demo-dispatchers.log; \
 	echo "== what the providers did"; \
-	$(BIN) demo providers
+	$(BIN) demo providers; \
+	echo "== operator console: run 'make console', open http://127.0.0.1:8090 and log in with the token $$ONCEFLOW_CONSOLE_TOKEN"
 
 ## test: start the local stack (if down) and run every test; prints the total at the end.
 test: stack-up
@@ -65,6 +67,11 @@ stack-status:
 .PHONY: bench-ingest
 bench-ingest: stack-up
 	cargo bench --locked --bench ingest
+
+## console: the operator console on http://127.0.0.1:8090 (token: $ONCEFLOW_CONSOLE_TOKEN) until Ctrl-C.
+.PHONY: console
+console: stack-up build
+	$(BIN) console
 
 ## bench-delivery: webhook → provider effect latency at 500/1000/2000 events/s (open loop) and
 ## dispatcher commands/s against a 50 ms provider (bench/DELIVERY.md). Not part of `make test`.

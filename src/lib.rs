@@ -29,12 +29,14 @@
 //! - [`processor`]: the stage that turns events into commands.
 //! - [`dispatcher`]: the stage that delivers commands to external APIs, with its effect ledger,
 //!   rate limit and circuit breaker.
-//! - [`ops`]: operator verbs (`topics create|check`) and the demo round trip.
+//! - [`console`]: the operator console (web pages and a JSON API over [`ops`]).
+//! - [`ops`]: operator verbs (`topics`, `dlq`, `offsets`, `replay`, `audit`, health) and the demo.
 //! - [`telemetry`]: structured logging set-up.
 
 pub mod adapters;
 pub mod codec;
 pub mod config;
+pub mod console;
 pub mod dedupe;
 pub mod dispatcher;
 pub mod ingest;

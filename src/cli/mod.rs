@@ -9,6 +9,7 @@
 
 mod audit;
 mod bench;
+mod console;
 mod demo;
 mod dlq;
 mod offsets;
@@ -49,6 +50,8 @@ pub enum Command {
     /// Replay dead letters of one adapter's stage into that stage, exactly once (dry run unless
     /// --execute).
     Replay(replay::ReplayArgs),
+    /// Serve the operator console (pages and /api) on console.listen until SIGTERM.
+    Console,
     /// The operator actions recorded on <ns>.audit.
     Audit {
         #[command(subcommand)]
@@ -77,6 +80,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Offsets { verb } => offsets::run(verb, settings).await,
         Command::Replay(args) => replay::run(args, settings).await,
         Command::Audit { verb } => audit::run(verb, settings).await,
+        Command::Console => console::run(settings).await,
         Command::Bench { verb } => bench::run(verb, settings).await,
         Command::Demo { part } => demo::run(part, settings).await,
     }

@@ -10,7 +10,7 @@
 //! - Secrets never live in the file: later sections read them from the environment or a file path.
 //!
 //! The sections of each role live beside this file: `stage.rs` (processor and dispatcher),
-//! `ingest.rs` and `adapters.rs`.
+//! `ingest.rs`, `adapters.rs` and `console.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -23,14 +23,17 @@ use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
 mod adapters;
+mod console;
 mod ingest;
 mod stage;
 
 pub use adapters::{AdapterSettings, BreakerSettings, InDoubt};
+pub use console::ConsoleSettings;
 pub use ingest::{IngestSettings, SourceSettings};
 pub use stage::{DispatcherSettings, Guarantee, ProcessorSettings, StageSettings};
 
 use adapters::RawAdapter;
+use console::RawConsole;
 use ingest::RawIngest;
 use stage::{RawDispatcher, RawProcessor};
 
@@ -83,6 +86,8 @@ pub struct Settings {
     pub processor: ProcessorSettings,
     /// The dispatcher.
     pub dispatcher: DispatcherSettings,
+    /// The operator console.
+    pub console: ConsoleSettings,
 }
 
 /// Where a secret comes from. Never from the settings file itself.
@@ -183,6 +188,7 @@ struct Raw {
     ingest: RawIngest,
     processor: RawProcessor,
     dispatcher: RawDispatcher,
+    console: RawConsole,
 }
 
 impl Default for Raw {
@@ -197,6 +203,7 @@ impl Default for Raw {
             ingest: RawIngest::default(),
             processor: RawProcessor::default(),
             dispatcher: RawDispatcher::default(),
+            console: RawConsole::default(),
         }
     }
 }
@@ -445,6 +452,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     let ingest = ingest::validate(raw.ingest, &t.inputs)?;
     let processor = stage::validate_processor(raw.processor)?;
     let dispatcher = stage::validate_dispatcher(raw.dispatcher)?;
+    let console = console::validate(raw.console)?;
 
     Ok(Settings {
         namespace: raw.namespace,
@@ -470,6 +478,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         ingest,
         processor,
         dispatcher,
+        console,
     })
 }
 

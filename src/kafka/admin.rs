@@ -296,12 +296,11 @@ impl Admin {
     }
 }
 
-/// Records of `topics` that `group` has not committed yet: the sum over partitions of the end
-/// offset minus the committed offset (a partition without a commit counts from 0), except that a
-/// short gap holding no data is 0. A transactional writer leaves a commit marker after its last
-/// record; offsets committed with a transaction point just past the last record, before the
-/// marker, so by offsets alone such a partition would lag by one forever. Blocking; call it off
-/// the async runtime.
+/// Records of `topics` that `group` has not committed yet: over partitions, the records between
+/// the committed offset (0 without one) and the end ([`partition_lag`]). A transactional writer
+/// leaves a commit marker after its last record; offsets committed with a transaction point just
+/// past the last record, before the marker, so by offsets alone such a partition would lag by one
+/// forever. Blocking; call it off the async runtime.
 pub fn group_lag(kafka: &KafkaSettings, group: &str, topics: &[String]) -> Result<i64, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::{Offset, TopicPartitionList};
@@ -340,8 +339,9 @@ pub fn group_lag(kafka: &KafkaSettings, group: &str, topics: &[String]) -> Resul
 }
 
 /// Records of a partition between `from` (a committed offset) and `end` (its log end) that a
-/// `read_committed` reader would get: the gap, except that a short gap holding only transaction
-/// markers is 0. Blocking.
+/// `read_committed` reader would get. A short gap (at most [`COUNTED_GAP`] offsets) is read and
+/// its records counted, so transaction markers do not count; a longer one counts its offsets.
+/// Blocking.
 pub fn partition_lag(
     kafka: &KafkaSettings,
     topic: &str,
@@ -350,23 +350,24 @@ pub fn partition_lag(
     end: i64,
 ) -> Result<i64, KafkaError> {
     let gap = (end - from).max(0);
-    if gap > 0 && gap <= MARKER_GAP && !holds_data(kafka, topic, partition, from, end)? {
-        return Ok(0);
+    if gap == 0 || gap > COUNTED_GAP {
+        return Ok(gap);
     }
-    Ok(gap)
+    Ok(records_in(kafka, topic, partition, from, end)?.unwrap_or(gap))
 }
 
-/// The largest gap [`partition_lag`] reads to tell markers from data.
-const MARKER_GAP: i64 = 8;
+/// The largest gap [`partition_lag`] reads to count records.
+const COUNTED_GAP: i64 = 64;
 
-/// Whether offsets `from..to` of a partition hold a record a `read_committed` reader would get.
-fn holds_data(
+/// How many records offsets `from..to` of a partition hold for a `read_committed` reader, or
+/// `None` when the read cannot finish (an open transaction holds it back).
+fn records_in(
     kafka: &KafkaSettings,
     topic: &str,
     partition: i32,
     from: i64,
     to: i64,
-) -> Result<bool, KafkaError> {
+) -> Result<Option<i64>, KafkaError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     use rdkafka::{Offset, TopicPartitionList};
@@ -384,18 +385,21 @@ fn holds_data(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(topic, partition, Offset::Offset(from))?;
     reader.assign(&tpl)?;
+    let mut count = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
         if let Some(m) = reader.poll(Duration::from_millis(100)) {
-            return Ok(m?.offset() < to);
+            if m?.offset() < to {
+                count += 1;
+            }
+            continue;
         }
         let position = reader.position()?;
         if matches!(position.find_partition(topic, partition).map(|e| e.offset()),
                     Some(Offset::Offset(o)) if o >= to)
         {
-            return Ok(false);
+            return Ok(Some(count));
         }
     }
-    // Undecided (an open transaction holds the reader back): count it as data.
-    Ok(true)
+    Ok(None)
 }

@@ -34,8 +34,35 @@ pub struct Range {
     pub from: BTreeMap<i32, i64>,
     /// First offset of every partition not in `from` (the beginning when `None`).
     pub from_all: Option<i64>,
+    /// Skip the records written before this time (epoch ms), by the broker's time index.
+    pub from_time: Option<i64>,
     /// First offset NOT to read, for every partition (the end when `None`).
     pub to: Option<i64>,
+}
+
+/// Per partition, the offset of the first record at or after `at` (the log end where none is).
+fn offsets_at(
+    c: &BaseConsumer,
+    topic: &str,
+    metadata: &rdkafka::metadata::Metadata,
+    at: i64,
+) -> Result<BTreeMap<i32, i64>, KafkaError> {
+    let mut q = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            q.add_partition_offset(topic, p.id(), Offset::Offset(at))?;
+        }
+    }
+    let found = c.offsets_for_times(q, TIMEOUT)?;
+    let mut out = BTreeMap::new();
+    for e in found.elements() {
+        let o = match e.offset() {
+            Offset::Offset(o) if o >= 0 => o,
+            _ => c.fetch_watermarks(topic, e.partition(), TIMEOUT)?.1,
+        };
+        out.insert(e.partition(), o);
+    }
+    Ok(out)
 }
 
 /// Calls `visit` on every record of `topic` within `range`, in offset order per partition, until
@@ -56,6 +83,10 @@ pub fn scan(
     )
     .create()?;
     let metadata = c.fetch_metadata(Some(topic), TIMEOUT)?;
+    let by_time = match range.from_time {
+        Some(at) => offsets_at(&c, topic, &metadata, at)?,
+        None => BTreeMap::new(),
+    };
     let mut tpl = TopicPartitionList::new();
     let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
     for t in metadata.topics() {
@@ -76,7 +107,8 @@ pub fn scan(
                 .copied()
                 .or(range.from_all)
                 .unwrap_or(low)
-                .max(low);
+                .max(low)
+                .max(by_time.get(&id).copied().unwrap_or(low));
             if start < end {
                 tpl.add_partition_offset(topic, id, Offset::Offset(start))?;
                 ends.insert(id, end);

@@ -78,6 +78,7 @@ impl Filter {
             partitions: self.partitions.clone(),
             from: BTreeMap::new(),
             from_all: self.from_offset,
+            from_time: self.since,
             to: self.to_offset,
         }
     }

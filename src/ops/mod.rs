@@ -8,6 +8,7 @@ pub mod audit;
 pub mod bench;
 pub mod demo;
 pub mod dlq;
+pub mod health;
 pub mod offsets;
 pub mod replay;
 pub mod topics;

@@ -15,7 +15,9 @@
 //!   skips a record.
 //! - A dry run joins no group, commits nothing, writes nothing: it counts what would be copied.
 //! - Records not selected stay in the DLQ (a topic is never rewritten); the replay group moves
-//!   past them, like any consumer, so a later replay of them starts from an `offsets reset`.
+//!   past them, like any consumer, so a later replay of them starts from an `offsets reset`. An
+//!   explicit `--from` bound (or a one-record replay) may re-read older records, but the group's
+//!   offsets never move back.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -163,6 +165,13 @@ async fn selected(filter: &Filter, codec: &AvroCodec, d: &DeadLetter) -> bool {
 /// An offset per partition.
 type Offsets = BTreeMap<i32, i64>;
 
+/// Where a replay starts and stops, and the replay group's committed offsets (never moved back).
+struct Bounds {
+    start: Offsets,
+    end: Offsets,
+    committed: Offsets,
+}
+
 /// Start (per partition) and end offsets of the DLQ for `spec`, the start taken from `committed`
 /// where no bound is given (blocking).
 fn bounds(
@@ -170,7 +179,7 @@ fn bounds(
     group: &str,
     topic: &str,
     spec: &ReplaySpec,
-) -> Result<(Offsets, Offsets), KafkaError> {
+) -> Result<Bounds, KafkaError> {
     let c: rdkafka::consumer::BaseConsumer = client::consumer(
         &settings.kafka,
         "replay.plan",
@@ -218,6 +227,7 @@ fn bounds(
     };
     let mut start = BTreeMap::new();
     let mut end = BTreeMap::new();
+    let mut committed_map = BTreeMap::new();
     let from_time = match spec.from {
         Some(Bound::Time(ms)) => Some(at_time(ms)?),
         _ => None,
@@ -234,6 +244,9 @@ fn bounds(
                 Offset::Offset(o) => Some(o),
                 _ => None,
             });
+        if let Some(o) = committed_at {
+            committed_map.insert(p, o);
+        }
         let s = match spec.from {
             Some(Bound::Offset(o)) => o,
             Some(Bound::Time(_)) => from_time
@@ -253,7 +266,11 @@ fn bounds(
         start.insert(p, s.clamp(low, high));
         end.insert(p, e.max(low));
     }
-    Ok((start, end))
+    Ok(Bounds {
+        start,
+        end,
+        committed: committed_map,
+    })
 }
 
 fn total(start: &BTreeMap<i32, i64>, end: &BTreeMap<i32, i64>) -> u64 {
@@ -273,12 +290,14 @@ async fn dry_run(
 ) -> Result<(), ReplayError> {
     let group = names.replay_group(&spec.adapter, spec.stage);
     let (s, g, t, sp) = (settings.clone(), group, summary.dlq.clone(), spec.clone());
-    let (start, end) = tokio::task::spawn_blocking(move || bounds(&s, &g, &t, &sp)).await??;
+    let Bounds { start, end, .. } =
+        tokio::task::spawn_blocking(move || bounds(&s, &g, &t, &sp)).await??;
     let want = total(&start, &end);
     let range = Range {
         partitions: spec.filter.partitions.clone(),
         from: start,
         from_all: None,
+        from_time: None,
         to: None,
     };
     let (k, t) = (settings.kafka.clone(), summary.dlq.clone());
@@ -368,7 +387,11 @@ async fn execute(
         summary.dlq.clone(),
         spec.clone(),
     );
-    let (start, end) = tokio::task::spawn_blocking(move || bounds(&s, &g, &t, &sp)).await??;
+    let Bounds {
+        start,
+        end,
+        committed,
+    } = tokio::task::spawn_blocking(move || bounds(&s, &g, &t, &sp)).await??;
     let want = total(&start, &end);
     let consumer: StreamConsumer = client::consumer(
         &settings.kafka,
@@ -422,7 +445,9 @@ async fn execute(
                 open.remove(&p);
                 continue;
             }
-            next.insert(p, m.offset() + 1);
+            // An explicit bound may re-read older records; the group's offset never moves back.
+            let after = (m.offset() + 1).max(committed.get(&p).copied().unwrap_or(0));
+            next.insert(p, after);
             if end.get(&p).is_some_and(|e| m.offset() + 1 >= *e) {
                 open.remove(&p);
             }

@@ -61,7 +61,8 @@ pub const PERSONAL_FIELDS: [&str; 9] = [
 ];
 
 /// `value` with PII masked for display (operator previews): the values of
-/// [`PERSONAL_FIELDS`] keep their first character (an e-mail its domain too), every other string
+/// [`PERSONAL_FIELDS`] keep their first character (an e-mail its domain too, a phone number its
+/// last two digits), every other string
 /// goes through [`mask_pii`], and a string that holds a JSON object (a webhook body) is masked as
 /// JSON.
 pub fn mask_json(value: &serde_json::Value) -> serde_json::Value {
@@ -89,11 +90,13 @@ pub fn mask_json(value: &serde_json::Value) -> serde_json::Value {
     }
 }
 
-/// A personal value: an e-mail keeps its first character and domain, anything else its first
-/// character.
+/// A personal value: an e-mail keeps its first character and domain, a phone number its last two
+/// digits, anything else its first character.
 fn mask_personal(s: &str) -> String {
-    if s.contains('@') {
-        return mask_pii(s);
+    let masked = mask_pii(s);
+    if masked != s {
+        // An e-mail address or a phone number: masked the way logs mask them.
+        return masked;
     }
     let first: String = s.chars().take(1).collect();
     if first.is_empty() {
