@@ -146,15 +146,25 @@ async fn a_loop_through_external_automations_is_refused_and_hops_and_traces_trav
     .await
     .unwrap();
     assert_eq!(raw.len(), 2);
-    let mut seen: Vec<(Option<&str>, Option<&str>)> = raw
-        .iter()
-        .map(|r| (r.header("onceflow.hop"), r.header("traceparent")))
-        .collect();
-    seen.sort();
+    // Ingest continues the sender's trace with a span of its own, or starts one.
+    let trace_of = |hop: &str| {
+        let r = raw
+            .iter()
+            .find(|r| r.header("onceflow.hop") == Some(hop))
+            .unwrap();
+        let t = r.header("traceparent").unwrap().to_string();
+        assert_eq!(t.len(), 55, "{t}");
+        t
+    };
+    let continued = trace_of(&max);
     assert_eq!(
-        seen,
-        vec![(Some("0"), None), (Some(max.as_str()), Some(trace))]
+        continued[..36],
+        trace[..36],
+        "the sender's trace: {continued}"
     );
+    assert_ne!(continued, trace, "a span of ingest's own");
+    let started = trace_of("0");
+    assert_ne!(started[3..35], trace[3..35], "a new trace: {started}");
     common::cleanup(&s, &[&s.ingest.topic]).await;
 }
 

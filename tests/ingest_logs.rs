@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,21 +14,13 @@ use serde_json::json;
 const EMAIL: &str = "ada.lovelace@example.com";
 const PHONE: &str = "+44 20 7946 0958";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_and_error_bodies_mask_pii_and_sigterm_exits_cleanly() {
     let s = common::settings();
     let topic = common::topic(&s, "events", 3).await;
     let dir = std::env::temp_dir().join(format!("onceflow-logs-{}", s.namespace));
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, metrics_port) = (free_port(), free_port());
+    let (port, metrics_port) = (common::free_port(), common::free_port());
     let config = dir.join("onceflow.toml");
     std::fs::write(
         &config,

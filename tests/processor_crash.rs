@@ -242,6 +242,13 @@ async fn sigkill_at_arbitrary_points_neither_loses_nor_doubles_a_command() {
     ] {
         assert!(metrics.contains(needle), "no {needle} in\n{metrics}");
     }
+    // The operations endpoint beside /metrics: alive, and ready while it processes.
+    for path in ["healthz", "readyz"] {
+        let r = reqwest::get(format!("http://127.0.0.1:{port}/{path}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "/{path}");
+    }
     terminate(&mut last, &h.dir);
 
     h.check_exactly_once(&ids).await;

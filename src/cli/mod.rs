@@ -13,6 +13,7 @@ mod console;
 mod demo;
 mod dlq;
 mod offsets;
+mod probe;
 mod replay;
 mod stages;
 mod topics;
@@ -57,6 +58,8 @@ pub enum Command {
         #[command(subcommand)]
         verb: audit::AuditVerb,
     },
+    /// GET a health URL and exit 0 on 2xx (container health checks; the image has no curl).
+    Probe(probe::ProbeArgs),
     /// Benchmark helpers.
     Bench {
         #[command(subcommand)]
@@ -81,6 +84,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCod
         Command::Replay(args) => replay::run(args, settings).await,
         Command::Audit { verb } => audit::run(verb, settings).await,
         Command::Console => console::run(settings).await,
+        Command::Probe(args) => probe::run(args).await,
         Command::Bench { verb } => bench::run(verb, settings).await,
         Command::Demo { part } => demo::run(part, settings).await,
     }

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use onceflow::config::Settings;
-use onceflow::telemetry;
+use onceflow::telemetry::endpoint;
 
 use super::{shutdown_signal, stop_on_signal};
 
@@ -39,11 +39,12 @@ pub async fn process(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         settings.processor.instance_id = id;
     }
     let adapter = build(&settings, &adapter)?;
-    if let Some(listen) = settings.processor.metrics_listen {
-        telemetry::metrics::install_prometheus(listen)
-            .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
-    }
-    let processor = onceflow::processor::Processor::new(&settings, adapter)?;
+    let readiness = match settings.processor.metrics_listen {
+        Some(listen) => endpoint::start(listen).await?,
+        None => endpoint::Readiness::default(),
+    };
+    let processor =
+        onceflow::processor::Processor::new(&settings, adapter)?.with_readiness(readiness);
     let stopped = stop_on_signal(settings.processor.shutdown_timeout);
     let counts = processor.run(stopped).await?;
     println!(
@@ -66,11 +67,12 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         settings.dispatcher.instance_id = id;
     }
     let adapter = build(&settings, &adapter)?;
-    if let Some(listen) = settings.dispatcher.metrics_listen {
-        telemetry::metrics::install_prometheus(listen)
-            .map_err(|e| anyhow::anyhow!("metrics listener on {listen}: {e}"))?;
-    }
-    let dispatcher = onceflow::dispatcher::Dispatcher::new(&settings, adapter)?;
+    let readiness = match settings.dispatcher.metrics_listen {
+        Some(listen) => endpoint::start(listen).await?,
+        None => endpoint::Readiness::default(),
+    };
+    let dispatcher =
+        onceflow::dispatcher::Dispatcher::new(&settings, adapter)?.with_readiness(readiness);
     let stopped = stop_on_signal(settings.dispatcher.shutdown_timeout);
     let counts = dispatcher.run(stopped).await;
     let t = &counts.tally;
@@ -90,12 +92,11 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
 
 /// `onceflow ingest`.
 pub async fn ingest(settings: Settings) -> anyhow::Result<ExitCode> {
-    telemetry::metrics::install_prometheus(settings.ingest.metrics_listen).map_err(|e| {
-        anyhow::anyhow!(
-            "metrics listener on {}: {e}",
-            settings.ingest.metrics_listen
-        )
-    })?;
+    // The intake's own /readyz (broker and registry) is on its public port; this one only says
+    // the process is up.
+    endpoint::start(settings.ingest.metrics_listen)
+        .await?
+        .set(true);
     let router = onceflow::ingest::http::build(&settings).context("ingest start-up")?;
     let listener = tokio::net::TcpListener::bind(settings.ingest.listen)
         .await

@@ -123,39 +123,3 @@ fn classify(e: reqwest::Error) -> Transport {
         Transport::MaybeSent(describe(&e))
     }
 }
-
-/// The traceparent of a call: the event's trace continued with a new span id, or a new trace.
-pub fn traceparent(inherited: Option<&str>) -> String {
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
-    let parsed = inherited.and_then(|t| {
-        let mut parts = t.trim().split('-');
-        let (version, trace, _parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-        (version == "00" && hex(trace, 32) && hex(flags, 2) && trace != "0".repeat(32))
-            .then(|| (trace.to_ascii_lowercase(), flags.to_string()))
-    });
-    match parsed {
-        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
-        None => format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_call_continues_the_events_trace_with_a_new_span() {
-        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
-        let t = traceparent(Some(parent));
-        assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{t}");
-        assert!(t.ends_with("-01"));
-        assert_ne!(t, parent);
-        for bad in [None, Some("garbage"), Some("01-abc-def-01")] {
-            let t = traceparent(bad);
-            assert_eq!(t.len(), 55, "{t}");
-            assert!(t.starts_with("00-"));
-        }
-    }
-}

@@ -144,6 +144,13 @@ impl Dispatcher {
         })
     }
 
+    /// Reports on `readiness` whether it is processing (for `/readyz`).
+    pub fn with_readiness(self, readiness: crate::telemetry::endpoint::Readiness) -> Dispatcher {
+        Dispatcher {
+            runner: self.runner.with_readiness(readiness),
+        }
+    }
+
     /// Injects `fault` (tests; see [`crate::stage::fault`]).
     pub fn with_fault(self, fault: FaultPlan) -> Dispatcher {
         Dispatcher {
@@ -295,7 +302,7 @@ impl Work for Deliver {
                 key: due[*i].msg.key().map(<[u8]>::to_vec).unwrap_or_default(),
                 command: d.command.clone(),
                 request: request.clone(),
-                traceparent: http::traceparent(d.traceparent.as_deref()),
+                traceparent: headers::continue_trace(d.traceparent.as_deref()),
             })
             .collect();
         let env = calls::Env {
@@ -434,6 +441,10 @@ impl Deliver {
         let m = d.msg;
         match outcome {
             Outcome::Delivered { receipt, status } => {
+                tracing::debug!(adapter = self.adapter(), command_id = %decoded.command.meta.command_id,
+                    correlation_id = %decoded.command.meta.correlation_id,
+                    trace_id = decoded.traceparent.as_deref().and_then(headers::trace_id).unwrap_or(""),
+                    status, provider_id = receipt.provider_id.as_deref().unwrap_or(""), "command delivered");
                 if let Some(received) = decoded.received_at {
                     ::metrics::histogram!(metrics::END_TO_END_SECONDS, "adapter" => self.adapter().to_string())
                         .record((crate::model::event::now_ms() - received).max(0) as f64 / 1_000.0);

@@ -155,6 +155,9 @@ impl IntoResponse for ApiError {
 struct Accepted {
     event_id: String,
     correlation_id: String,
+    /// For the log line only.
+    #[serde(skip)]
+    trace_id: String,
 }
 
 /// Builds the intake for `settings`: resolves every source's secret (a missing one stops start-up
@@ -380,7 +383,7 @@ async fn post_event(
             record(label, StatusCode::ACCEPTED);
             ::metrics::histogram!(metrics::INGEST_PUBLISH_SECONDS, "source" => label.to_string())
                 .record(started.elapsed().as_secs_f64());
-            info!(source = label, event_id = %accepted.event_id, correlation_id = %accepted.correlation_id, status = 202, "event accepted");
+            info!(source = label, event_id = %accepted.event_id, correlation_id = %accepted.correlation_id, trace_id = %accepted.trace_id, status = 202, "event accepted");
             (StatusCode::ACCEPTED, axum::Json(accepted)).into_response()
         }
         Err(e) => {
@@ -469,6 +472,12 @@ async fn accept(
         Ok(d) => Ok(Accepted {
             event_id: d.event_id,
             correlation_id: d.correlation_id,
+            trace_id: context
+                .traceparent
+                .as_deref()
+                .and_then(crate::model::headers::trace_id)
+                .unwrap_or_default()
+                .to_string(),
         }),
         Err(PublishError::Invalid(e)) => Err(ApiError::invalid(e)),
         Err(e) if e.is_retriable() => Err(ApiError::new(
@@ -511,11 +520,12 @@ fn context(headers: &HeaderMap, max_hops: u32) -> Result<Context, ApiError> {
         )
         .field("X-Onceflow-Hop"));
     }
-    let traceparent = headers
+    // The sender's trace continued with ingest's own span, or a new trace: every record carries
+    // one, so every stage, retry and call after it logs and sends the same trace id.
+    let given = headers
         .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() == 55 && v.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-'))
-        .map(str::to_string);
+        .and_then(|v| v.to_str().ok());
+    let traceparent = Some(crate::model::headers::continue_trace(given));
     Ok(Context { hop, traceparent })
 }
 

@@ -187,6 +187,32 @@ fn truncate(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// A W3C `traceparent` for a new span: `inherited`'s trace continued with a new span id, or a new
+/// trace when `inherited` is missing or not a valid version-00 traceparent. Ingest starts (or
+/// continues) the event's trace; each call to a provider is a child span of it.
+pub fn continue_trace(inherited: Option<&str>) -> String {
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let parsed = inherited.and_then(|t| {
+        let mut parts = t.trim().split('-');
+        let (version, trace, _parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (version == "00" && hex(trace, 32) && hex(flags, 2) && trace != "0".repeat(32))
+            .then(|| (trace.to_ascii_lowercase(), flags.to_string()))
+    });
+    match parsed {
+        Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
+        None => format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple()),
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), if it is one.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace)
+}
+
 /// The UTF-8 value of header `key`, if present.
 pub fn get<H: Headers>(headers: Option<&H>, key: &str) -> Option<String> {
     let headers = headers?;
@@ -396,5 +422,19 @@ mod tests {
             None,
         );
         assert!(e.message.len() <= MAX_MESSAGE_BYTES && e.message.len() >= MAX_MESSAGE_BYTES - 1);
+    }
+
+    #[test]
+    fn a_trace_is_continued_with_a_new_span_or_started() {
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let t = continue_trace(Some(parent));
+        assert!(t.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{t}");
+        assert!(t.ends_with("-01"));
+        assert_ne!(t, parent);
+        for bad in [None, Some("garbage"), Some("01-abc-def-01")] {
+            let t = continue_trace(bad);
+            assert_eq!(t.len(), 55, "{t}");
+            assert!(t.starts_with("00-"));
+        }
     }
 }

@@ -82,6 +82,13 @@ impl Processor {
         })
     }
 
+    /// Reports on `readiness` whether it is processing (for `/readyz`).
+    pub fn with_readiness(self, readiness: crate::telemetry::endpoint::Readiness) -> Processor {
+        Processor {
+            runner: self.runner.with_readiness(readiness),
+        }
+    }
+
     /// Injects `fault` (tests; see [`crate::stage::fault`]).
     pub fn with_fault(self, fault: FaultPlan) -> Processor {
         Processor {
@@ -273,6 +280,11 @@ impl Decide {
                 headers: Some(headers.clone()),
             });
         }
+        let traceparent = crate::model::headers::get(m.headers(), name::TRACEPARENT);
+        tracing::debug!(adapter = self.adapter.name(), event_id = %event.meta.event_id,
+            correlation_id = %event.meta.correlation_id,
+            trace_id = traceparent.as_deref().and_then(crate::model::headers::trace_id).unwrap_or(""),
+            commands = outs.len(), "event decided");
         Ok(Verdict::Decided(
             outs,
             Change::Put {

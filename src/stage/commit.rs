@@ -23,7 +23,7 @@ use super::{BatchError, SessionError};
 use crate::dedupe::{Change, Entry, Store};
 use crate::kafka::names::{Names, Stage};
 use crate::kafka::txn::{TxError, TxErrorKind, TxProducer, await_deliveries, group_metadata};
-use crate::model::headers::{ErrorClass, ErrorEnvelope, Origin};
+use crate::model::headers::{self, ErrorClass, ErrorEnvelope, Origin};
 use crate::retry::{Next, RetryPolicy};
 use crate::telemetry::metrics;
 
@@ -179,13 +179,23 @@ impl<E: Entry> BatchCx<'_, E> {
             payload: m.payload().map(<[u8]>::to_vec),
             headers: Some(envelope.headers_for(m.headers())),
         };
+        let traceparent = headers::get(m.headers(), headers::name::TRACEPARENT);
+        let trace_id = traceparent
+            .as_deref()
+            .and_then(headers::trace_id)
+            .unwrap_or("");
         match next {
-            Next::Retry { .. } => Routed::Retry(out),
+            Next::Retry { tier, not_before } => {
+                tracing::debug!(adapter = self.adapter, stage = self.stage.as_str(), class = failure.class.as_str(),
+                      tier, not_before, correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
+                      trace_id, error = %envelope.message, "record sent to a retry tier");
+                Routed::Retry(out)
+            }
             Next::DeadLetter => {
                 warn!(adapter = self.adapter, stage = self.stage.as_str(), class = failure.class.as_str(),
                       topic = m.topic(), partition = m.partition(), offset = m.offset(),
                       correlation_id = envelope.correlation_id.as_deref().unwrap_or(""),
-                      error = %envelope.message, "record dead-lettered");
+                      trace_id, error = %envelope.message, "record dead-lettered");
                 ::metrics::counter!(metrics::DLQ_RECORDS, "adapter" => self.adapter.to_string(),
                     "stage" => self.stage.as_str(), "class" => failure.class.as_str())
                 .increment(1);

@@ -228,6 +228,7 @@ pub struct Runner<W: Work> {
     dlq: String,
     policy: RetryPolicy,
     fault: FaultPlan,
+    readiness: crate::telemetry::endpoint::Readiness,
 }
 
 impl<W: Work> Runner<W> {
@@ -253,7 +254,15 @@ impl<W: Work> Runner<W> {
             names,
             policy,
             fault: FaultPlan::from_env(),
+            readiness: crate::telemetry::endpoint::Readiness::new(false),
         }
+    }
+
+    /// Reports on `readiness` whether a session is live (joined; stores restore as partitions
+    /// come).
+    pub fn with_readiness(mut self, readiness: crate::telemetry::endpoint::Readiness) -> Runner<W> {
+        self.readiness = readiness;
+        self
     }
 
     /// Injects `fault` (tests; see [`fault`]).

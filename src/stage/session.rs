@@ -87,7 +87,9 @@ pub(super) async fn run<W: Work>(
         last_sweep: Instant::now(),
         last_depth: None,
     };
+    r.readiness.set(true);
     let result = s.run(shutdown, counts).await;
+    r.readiness.set(false);
     // Leave the group now (dynamic membership), rather than after the session timeout; the
     // consumer is closed when the session drops it.
     s.consumer.unsubscribe();

@@ -42,14 +42,13 @@ pub const DISPATCHER_REBALANCES: &str = "onceflow_dispatcher_rebalances_total";
 pub const DISPATCHER_LAG: &str = "onceflow_dispatcher_lag_records";
 
 /// Counter of calls to an external API; labels `adapter`, `outcome` (ok, retry, rate_limited,
-/// permanent, in_doubt, transport).
+/// permanent, unknown: sent and no answer, not_sent: no connection).
 pub const DELIVERY_CALLS: &str = "onceflow_delivery_calls_total";
 /// Histogram of seconds one call to an external API took; label `adapter`.
 pub const DELIVERY_CALL_SECONDS: &str = "onceflow_delivery_call_seconds";
-/// Counter of seconds calls waited for the rate limit (token bucket, Retry-After,
+/// Histogram of seconds one call waited for the rate limit (token bucket, Retry-After,
 /// `X-RateLimit-Remaining: 0`); labels `adapter`, `reason` (bucket, retry_after, remaining).
-pub const DELIVERY_RATE_LIMIT_WAIT_SECONDS: &str =
-    "onceflow_delivery_rate_limit_wait_seconds_total";
+pub const DELIVERY_RATE_LIMIT_WAIT_SECONDS: &str = "onceflow_delivery_rate_limit_wait_seconds";
 /// Gauge of the circuit breaker's state: 0 closed, 1 half-open, 2 open; label `adapter`.
 pub const BREAKER_STATE: &str = "onceflow_breaker_state";
 /// Counter of circuit breaker transitions; labels `adapter`, `to` (closed, half_open, open).
@@ -107,10 +106,77 @@ pub const REPLAY_RECORDS: &str = "onceflow_replay_records_total";
 /// `adapter`, `stage`. Exported by the stage's processor or dispatcher.
 pub const DLQ_DEPTH: &str = "onceflow_dlq_depth_records";
 
-/// Installs the Prometheus exporter with its own HTTP listener serving `/metrics`.
-pub fn install_prometheus(listen: std::net::SocketAddr) -> Result<(), String> {
-    metrics_exporter_prometheus::PrometheusBuilder::new()
-        .with_http_listener(listen)
-        .install()
-        .map_err(|e| e.to_string())
+/// What a metric is, as Prometheus sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A counter (`rate()` it).
+    Counter,
+    /// A gauge.
+    Gauge,
+    /// A histogram: exported as `<name>_bucket`, `<name>_sum` and `<name>_count` with the
+    /// [`BUCKETS`] bounds.
+    Histogram,
+}
+
+/// Every metric onceflow exports, with its kind: the names dashboards and alert rules may use
+/// (tests/deploy.rs checks them against this list).
+pub const EXPORTED: &[(&str, Kind)] = &[
+    (INGEST_REQUESTS, Kind::Counter),
+    (INGEST_PUBLISH_SECONDS, Kind::Histogram),
+    (PRODUCER_EVENTS, Kind::Counter),
+    (PROCESSOR_RECORDS, Kind::Counter),
+    (PROCESSOR_COMMIT_SECONDS, Kind::Histogram),
+    (PROCESSOR_ABORTS, Kind::Counter),
+    (PROCESSOR_FENCINGS, Kind::Counter),
+    (PROCESSOR_REBALANCES, Kind::Counter),
+    (PROCESSOR_LAG, Kind::Gauge),
+    (RETRY_DEPTH, Kind::Gauge),
+    (DLQ_RECORDS, Kind::Counter),
+    (DISPATCHER_RECORDS, Kind::Counter),
+    (DISPATCHER_COMMIT_SECONDS, Kind::Histogram),
+    (DISPATCHER_ABORTS, Kind::Counter),
+    (DISPATCHER_FENCINGS, Kind::Counter),
+    (DISPATCHER_REBALANCES, Kind::Counter),
+    (DISPATCHER_LAG, Kind::Gauge),
+    (DELIVERY_CALLS, Kind::Counter),
+    (DELIVERY_CALL_SECONDS, Kind::Histogram),
+    (DELIVERY_RATE_LIMIT_WAIT_SECONDS, Kind::Histogram),
+    (BREAKER_STATE, Kind::Gauge),
+    (BREAKER_TRANSITIONS, Kind::Counter),
+    (IN_DOUBT, Kind::Counter),
+    (LEDGER_DUPLICATES, Kind::Counter),
+    (END_TO_END_SECONDS, Kind::Histogram),
+    (REPLAY_RECORDS, Kind::Counter),
+    (DLQ_DEPTH, Kind::Gauge),
+];
+
+/// Histogram bucket bounds in seconds (every onceflow histogram measures seconds: 1 ms to 2 min).
+pub const BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_in_this_file_is_exported_once_and_well_formed() {
+        let source = include_str!("metrics.rs");
+        let names: Vec<&str> = source
+            .split('"')
+            .skip(1)
+            .step_by(2)
+            .filter(|s| s.starts_with("onceflow_") && !s.contains(' '))
+            .collect();
+        assert!(names.len() >= EXPORTED.len(), "{names:?}");
+        for name in names {
+            let kinds: Vec<_> = EXPORTED.iter().filter(|(n, _)| *n == name).collect();
+            assert_eq!(kinds.len(), 1, "{name} must be in EXPORTED exactly once");
+            match kinds[0].1 {
+                Kind::Counter => assert!(name.ends_with("_total"), "counter {name}"),
+                Kind::Histogram => assert!(name.ends_with("_seconds"), "histogram {name}"),
+                Kind::Gauge => assert!(!name.ends_with("_total"), "gauge {name}"),
+            }
+        }
+    }
 }

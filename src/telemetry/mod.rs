@@ -1,10 +1,12 @@
-//! Structured logging set-up, metric names ([`metrics`]) and PII masking ([`mask`]).
+//! Structured logging set-up, metric names ([`metrics`]), the operations endpoint of every role
+//! ([`endpoint`]: /metrics, /healthz, /readyz) and PII masking ([`mask`]).
 //!
 //! Invariants:
 //! - Logs go to stderr, so stdout stays free for a command's own output (reports, JSON).
 //! - The level comes from `RUST_LOG` (default `info`); the format is chosen once at start-up.
 //! - Nothing logs raw event payloads: they carry PII.
 
+pub mod endpoint;
 pub mod mask;
 pub mod metrics;
 

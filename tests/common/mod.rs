@@ -462,3 +462,12 @@ pub fn config_toml(settings: &Settings) -> String {
         p = settings.topics.partitions,
     )
 }
+
+/// A free loopback port (bound, then released) for a process under test to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
