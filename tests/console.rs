@@ -258,6 +258,21 @@ async fn nothing_but_healthz_without_the_token_and_no_cross_site_post() {
         bad.json::<serde_json::Value>().await.unwrap()["error"],
         "bad_request"
     );
+    for path in [
+        "/api/dlq/%ff/process",
+        "/api/dlq/crm/process/%ff/1",
+        "/api/replays/%ff",
+    ] {
+        let bad = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(bad.status(), 400, "{path}");
+        let j: serde_json::Value = bad.json().await.unwrap();
+        assert_eq!(j["error"], "bad_request", "{path}: {j}");
+    }
     let method = http
         .delete(format!("{base}/api/audit"))
         .bearer_auth(TOKEN)

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -269,9 +269,10 @@ pub async fn overview(State(app): State<Arc<App>>) -> Result<Response, ConsoleEr
 /// `GET /api/dlq/{adapter}/{stage}`.
 pub async fn dlq_list(
     State(app): State<Arc<App>>,
-    Path((adapter, stage)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Response, ConsoleError> {
+    let (adapter, stage) = super::segments(true, path)?;
     let q = query(q)?;
     let rows: Vec<Value> = letters(&app, true, &adapter, &stage, &q)
         .await?
@@ -284,8 +285,9 @@ pub async fn dlq_list(
 /// `GET /api/dlq/{adapter}/{stage}/{partition}/{offset}`.
 pub async fn record(
     State(app): State<Arc<App>>,
-    Path(path): Path<(String, String, String, String)>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
 ) -> Result<Response, ConsoleError> {
+    let path = super::segments(true, path)?;
     let (d, p) = one(&app, true, &path).await?;
     Ok(Json(letter_json(&d, &p)).into_response())
 }
@@ -332,8 +334,9 @@ pub(super) async fn dry_run(
 /// `GET /api/replays/{id}`.
 pub async fn replay_status(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ConsoleError> {
+    let id = super::segments(true, id)?;
     let job = app.jobs.get(&id).ok_or_else(|| ConsoleError::NotFound {
         api: true,
         what: format!("no replay {id}"),

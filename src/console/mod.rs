@@ -242,3 +242,16 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
 }
+
+/// A route's path segments, or the console's own 400 for what the framework refuses (a segment
+/// that is not UTF-8, `%ff`): never axum's plain-text rejection.
+pub(crate) fn segments<T>(
+    api: bool,
+    path: Result<axum::extract::Path<T>, axum::extract::rejection::PathRejection>,
+) -> Result<T, ConsoleError> {
+    path.map(|axum::extract::Path(t)| t)
+        .map_err(|e| ConsoleError::BadRequest {
+            api,
+            detail: e.body_text(),
+        })
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Form;
-use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -211,9 +211,10 @@ fn hidden_filter(q: &DlqQuery) -> Markup {
 /// `GET /dlq/{adapter}/{stage}`: dead letters with filters and masked previews.
 pub async fn dlq_list(
     State(app): State<Arc<App>>,
-    Path((adapter, stage)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<DlqQuery>, QueryRejection>,
 ) -> Result<Markup, ConsoleError> {
+    let (adapter, stage) = super::segments(false, path)?;
     let q = query(q)?;
     let letters = api::letters(&app, false, &adapter, &stage, &q).await?;
     let stats = crate::ops::dlq::stats(letters.iter().map(|(d, _)| d));
@@ -282,8 +283,9 @@ fn time(ms: i64) -> String {
 /// `GET /dlq/{adapter}/{stage}/{partition}/{offset}`: one dead letter in full, masked.
 pub async fn record(
     State(app): State<Arc<App>>,
-    Path(path): Path<(String, String, String, String)>,
+    path: Result<Path<(String, String, String, String)>, PathRejection>,
 ) -> Result<Markup, ConsoleError> {
+    let path = super::segments(false, path)?;
     let (d, p) = api::one(&app, false, &path).await?;
     let (adapter, stage, _, _) = &path;
     let j = api::letter_json(&d, &p);
@@ -454,8 +456,9 @@ const PROGRESS_JS: &str = r#"
 /// `GET /replays/{id}`: a replay's progress (polled; a reload finds it again).
 pub async fn replay_progress(
     State(app): State<Arc<App>>,
-    Path(id): Path<String>,
+    id: Result<Path<String>, PathRejection>,
 ) -> Result<Markup, ConsoleError> {
+    let id = super::segments(false, id)?;
     let job = app.jobs.get(&id).ok_or_else(|| ConsoleError::NotFound {
         api: false,
         what: format!("no replay {id}"),
