@@ -299,6 +299,18 @@ async fn every_refusal_has_its_status_and_a_json_body() {
         404,
         "unknown_source",
     );
+    // The framework's own refusals are JSON too: a source name that is not UTF-8, a wrong method.
+    check(
+        &post(&base, "%ff", &body, sig(), "application/json").await,
+        400,
+        "malformed_path",
+    );
+    let get = reqwest::get(format!("{base}/v1/sources/demo/events"))
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405);
+    let get: Value = get.json().await.unwrap();
+    assert_eq!(get["error"], "method_not_allowed", "{get}");
     check(
         &post(&base, "demo", &body, sig(), "text/plain").await,
         415,

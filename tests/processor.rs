@@ -552,7 +552,18 @@ async fn a_command_carries_the_events_hop_count_trace_and_receipt_time() {
     assert_eq!(records.len(), 1);
     let r = &records[0];
     assert_eq!(r.header(name::HOP), Some("3"));
-    assert_eq!(r.header(name::TRACEPARENT), Some(trace));
+    // The command continues the event's trace as a child of the processor's span.
+    let sent = r.header(name::TRACEPARENT).unwrap();
+    assert_eq!(sent[..36], trace[..36], "{sent}");
+    assert_ne!(sent, trace);
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(k, _)| k == name::TRACEPARENT)
+            .count(),
+        1,
+        "one traceparent, not the event's beside it"
+    );
     assert_eq!(
         r.header(name::EVENT_RECEIVED_AT),
         Some(received_at.to_string().as_str())

@@ -3,8 +3,13 @@
 //! whose first answer is a 503 so the command goes through a retry tier. The sender's W3C
 //! `traceparent` reaches the provider with the same trace id (a new span), and the webhook's
 //! correlation id and trace id appear in every stage's log line for it: accepted (ingest),
-//! decided (processor), sent to a retry tier and delivered (dispatcher). The stages' operations
-//! endpoints answer `/healthz` and `/readyz` as the Kubernetes probes expect.
+//! decided (processor), sent to a retry tier and delivered (dispatcher). With OTLP export on, the
+//! spans reach a collector as one tree: sender → ingest → process → one deliver span per attempt,
+//! the last the parent the provider saw. The stages' operations endpoints answer `/healthz` and
+//! `/readyz` as the Kubernetes probes expect.
+//!
+//! The collector is an OTLP/HTTP endpoint served by the test (JSON encoding, as the OTLP
+//! specification defines it); no OpenTelemetry Collector runs on these machines.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
@@ -12,6 +17,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::create_plan;
@@ -88,6 +94,40 @@ async fn wait_for(
     }
 }
 
+/// An OTLP/HTTP traces endpoint: keeps every span it is sent, with its role.
+async fn collector() -> (u16, Arc<Mutex<Vec<(String, Value)>>>) {
+    let spans: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let kept = Arc::clone(&spans);
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let kept = Arc::clone(&kept);
+            async move {
+                let export: Value = serde_json::from_slice(&body).unwrap();
+                for rs in export["resourceSpans"].as_array().unwrap() {
+                    let role = rs["resource"]["attributes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .find(|a| a["key"] == "onceflow.role")
+                        .map(|a| a["value"]["stringValue"].as_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    for ss in rs["scopeSpans"].as_array().unwrap() {
+                        for span in ss["spans"].as_array().unwrap() {
+                            kept.lock().unwrap().push((role.clone(), span.clone()));
+                        }
+                    }
+                }
+                axum::Json(json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    (port, spans)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_webhooks_trace_and_correlation_id_reach_the_provider_through_every_stage_and_a_retry() {
     // The provider: its first call answers 503 (nothing performed).
@@ -116,6 +156,7 @@ async fn a_webhooks_trace_and_correlation_id_reach_the_provider_through_every_st
     create_plan(&s).await;
     let dir = std::env::temp_dir().join(format!("onceflow-trace-{}", s.namespace));
     std::fs::create_dir_all(&dir).unwrap();
+    let (otlp, spans) = collector().await;
     let (http_port, ingest_ops, process_ops, deliver_ops) = (
         common::free_port(),
         common::free_port(),
@@ -133,7 +174,8 @@ async fn a_webhooks_trace_and_correlation_id_reach_the_provider_through_every_st
              topic = '{input}'\n\
              [ingest.sources.shop]\nsecret_env = 'ONCEFLOW_TEST_TRACE_SOURCE'\n\
              [processor]\nbatch_max_ms = 50\nmetrics_listen = '127.0.0.1:{process_ops}'\n\
-             [dispatcher]\nbatch_max_ms = 50\nmetrics_listen = '127.0.0.1:{deliver_ops}'\n",
+             [dispatcher]\nbatch_max_ms = 50\nmetrics_listen = '127.0.0.1:{deliver_ops}'\n\
+             [telemetry]\notlp_endpoint = 'http://127.0.0.1:{otlp}'\nexport_delay_ms = 100\n",
             base = common::config_toml(&s),
             addr = sandbox.addr,
             input = s.topics.inputs[0],
@@ -269,6 +311,64 @@ async fn a_webhooks_trace_and_correlation_id_reach_the_provider_through_every_st
     assert!(
         scraped.contains("onceflow_end_to_end_seconds_bucket{adapter=\"webhook\""),
         "{scraped}"
+    );
+
+    // The collector received one tree: sender → ingest → process → a span per attempt.
+    let named = |name: &str| -> Vec<(String, Value)> {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, s)| s["name"] == name)
+            .cloned()
+            .collect()
+    };
+    wait_for(
+        "the collector received every span",
+        &roles,
+        Duration::from_secs(20),
+        async || {
+            named("onceflow.deliver").len() >= 2
+                && !named("onceflow.process").is_empty()
+                && !named("onceflow.ingest").is_empty()
+        },
+    )
+    .await;
+    let (ingest_span, process_span, deliver_spans) = (
+        named("onceflow.ingest"),
+        named("onceflow.process"),
+        named("onceflow.deliver"),
+    );
+    assert_eq!(
+        (ingest_span.len(), process_span.len(), deliver_spans.len()),
+        (1, 1, 2),
+        "{:?}",
+        spans.lock().unwrap()
+    );
+    let id = |s: &Value, k: &str| s[k].as_str().unwrap_or_default().to_ascii_lowercase();
+    for (role, span) in spans.lock().unwrap().iter() {
+        assert_eq!(id(span, "traceId"), TRACE, "{role}: {span}");
+    }
+    assert_eq!(ingest_span[0].0, "ingest");
+    assert_eq!(id(&ingest_span[0].1, "parentSpanId"), SENDER_SPAN);
+    assert_eq!(process_span[0].0, "process");
+    assert_eq!(
+        id(&process_span[0].1, "parentSpanId"),
+        id(&ingest_span[0].1, "spanId")
+    );
+    for (role, span) in &deliver_spans {
+        assert_eq!(role, "deliver");
+        assert_eq!(
+            id(span, "parentSpanId"),
+            id(&process_span[0].1, "spanId"),
+            "{span}"
+        );
+    }
+    let attempts: Vec<String> = deliver_spans.iter().map(|(_, s)| id(s, "spanId")).collect();
+    assert!(
+        attempts.contains(&parts[2].to_string()),
+        "the provider's parent {} is not an attempt's span: {attempts:?}",
+        parts[2]
     );
     drop((ingest, process, deliver));
     sandbox.stop();

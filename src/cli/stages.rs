@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use onceflow::config::Settings;
-use onceflow::telemetry::endpoint;
+use onceflow::telemetry::{endpoint, trace};
 
 use super::{shutdown_signal, stop_on_signal};
 
@@ -39,6 +39,7 @@ pub async fn process(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         settings.processor.instance_id = id;
     }
     let adapter = build(&settings, &adapter)?;
+    let exporting = trace::install(&settings.telemetry, "process")?;
     let readiness = match settings.processor.metrics_listen {
         Some(listen) => endpoint::start(listen).await?,
         None => endpoint::Readiness::default(),
@@ -47,6 +48,7 @@ pub async fn process(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         onceflow::processor::Processor::new(&settings, adapter)?.with_readiness(readiness);
     let stopped = stop_on_signal(settings.processor.shutdown_timeout);
     let counts = processor.run(stopped).await?;
+    flush(exporting).await;
     println!(
         "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
         counts.tally.ok,
@@ -67,6 +69,7 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         settings.dispatcher.instance_id = id;
     }
     let adapter = build(&settings, &adapter)?;
+    let exporting = trace::install(&settings.telemetry, "deliver")?;
     let readiness = match settings.dispatcher.metrics_listen {
         Some(listen) => endpoint::start(listen).await?,
         None => endpoint::Readiness::default(),
@@ -75,6 +78,7 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         onceflow::dispatcher::Dispatcher::new(&settings, adapter)?.with_readiness(readiness);
     let stopped = stop_on_signal(settings.dispatcher.shutdown_timeout);
     let counts = dispatcher.run(stopped).await;
+    flush(exporting).await;
     let t = &counts.tally;
     println!(
         "delivered: {} delivered, {} duplicates, {} in doubt, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
@@ -97,6 +101,7 @@ pub async fn ingest(settings: Settings) -> anyhow::Result<ExitCode> {
     endpoint::start(settings.ingest.metrics_listen)
         .await?
         .set(true);
+    let exporting = trace::install(&settings.telemetry, "ingest")?;
     let router = onceflow::ingest::http::build(&settings).context("ingest start-up")?;
     let listener = tokio::net::TcpListener::bind(settings.ingest.listen)
         .await
@@ -108,5 +113,14 @@ pub async fn ingest(settings: Settings) -> anyhow::Result<ExitCode> {
         "ingest listening"
     );
     onceflow::ingest::http::serve(listener, router, shutdown_signal()).await?;
+    flush(exporting).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends the spans not yet exported, off the runtime's workers (the exporter's requests run on
+/// them).
+async fn flush(exporting: Option<trace::Exporting>) {
+    if let Some(e) = exporting {
+        let _ = tokio::task::spawn_blocking(move || e.shutdown()).await;
+    }
 }

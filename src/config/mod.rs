@@ -10,7 +10,7 @@
 //! - Secrets never live in the file: later sections read them from the environment or a file path.
 //!
 //! The sections of each role live beside this file: `stage.rs` (processor and dispatcher),
-//! `ingest.rs`, `adapters.rs` and `console.rs`.
+//! `ingest.rs`, `adapters.rs`, `console.rs` and `telemetry.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -26,16 +26,19 @@ mod adapters;
 mod console;
 mod ingest;
 mod stage;
+mod telemetry;
 
 pub use adapters::{AdapterSettings, BreakerSettings, InDoubt};
 pub use console::ConsoleSettings;
 pub use ingest::{IngestSettings, SourceSettings};
 pub use stage::{DispatcherSettings, Guarantee, ProcessorSettings, StageSettings};
+pub use telemetry::TelemetrySettings;
 
 use adapters::RawAdapter;
 use console::RawConsole;
 use ingest::RawIngest;
 use stage::{RawDispatcher, RawProcessor};
+use telemetry::RawTelemetry;
 
 /// Prefix of environment overrides; `__` separates nesting levels (`ONCEFLOW__KAFKA__BOOTSTRAP_SERVERS`).
 pub const ENV_PREFIX: &str = "ONCEFLOW__";
@@ -88,6 +91,8 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     /// The operator console.
     pub console: ConsoleSettings,
+    /// Trace export (OTLP), off by default.
+    pub telemetry: TelemetrySettings,
 }
 
 /// Where a secret comes from. Never from the settings file itself.
@@ -189,6 +194,7 @@ struct Raw {
     processor: RawProcessor,
     dispatcher: RawDispatcher,
     console: RawConsole,
+    telemetry: RawTelemetry,
 }
 
 impl Default for Raw {
@@ -204,6 +210,7 @@ impl Default for Raw {
             processor: RawProcessor::default(),
             dispatcher: RawDispatcher::default(),
             console: RawConsole::default(),
+            telemetry: RawTelemetry::default(),
         }
     }
 }
@@ -453,6 +460,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     let processor = stage::validate_processor(raw.processor)?;
     let dispatcher = stage::validate_dispatcher(raw.dispatcher)?;
     let console = console::validate(raw.console)?;
+    let telemetry = telemetry::validate(raw.telemetry)?;
 
     Ok(Settings {
         namespace: raw.namespace,
@@ -479,6 +487,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
         processor,
         dispatcher,
         console,
+        telemetry,
     })
 }
 

@@ -26,7 +26,7 @@ use crate::adapters::Adapter;
 use crate::adapters::delivery::{DeliveryError, Receipt, Request};
 use crate::model::command::Command;
 use crate::model::event::now_ms;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 
 /// One call to make.
 #[derive(Debug)]
@@ -39,8 +39,8 @@ pub struct Call {
     pub command: Command,
     /// The request the adapter built.
     pub request: Request,
-    /// The traceparent to send.
-    pub traceparent: String,
+    /// The command's traceparent: each attempt is a span of its own, its child.
+    pub parent: Option<String>,
 }
 
 /// What came of one call.
@@ -136,11 +136,6 @@ fn count(adapter: &str, outcome: &'static str) {
 
 async fn one(call: &Call, env: &Env<'_>, resume_at: &Mutex<Option<i64>>) -> Outcome {
     let name = env.adapter.name();
-    let trace = Trace {
-        command_id: &call.command.meta.command_id,
-        correlation_id: &call.command.meta.correlation_id,
-        traceparent: &call.traceparent,
-    };
     loop {
         let now = now_ms();
         let probe = match env.gate.admit(now) {
@@ -160,8 +155,35 @@ async fn one(call: &Call, env: &Env<'_>, resume_at: &Mutex<Option<i64>>) -> Outc
             }
             Admit::Go { probe } => probe,
         };
+        let mut span = trace::hop(
+            "onceflow.deliver",
+            trace::SpanKind::Client,
+            call.parent.as_deref(),
+            vec![
+                trace::KeyValue::new("onceflow.adapter", name.to_string()),
+                trace::KeyValue::new("onceflow.command_id", call.command.meta.command_id.clone()),
+            ],
+        );
+        let sent_with = Trace {
+            command_id: &call.command.meta.command_id,
+            correlation_id: &call.command.meta.correlation_id,
+            traceparent: span.traceparent(),
+        };
         let started = Instant::now();
-        let sent = env.http.send(&call.request, &trace).await;
+        let sent = env.http.send(&call.request, &sent_with).await;
+        match &sent {
+            Ok(r) => {
+                span.set(trace::KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(r.status),
+                ));
+                if r.status >= 400 {
+                    span.fail(format!("HTTP {}", r.status));
+                }
+            }
+            Err(Transport::NotSent(m) | Transport::MaybeSent(m)) => span.fail(m.clone()),
+        }
+        drop(span);
         ::metrics::histogram!(metrics::DELIVERY_CALL_SECONDS, "adapter" => name.to_string())
             .record(started.elapsed().as_secs_f64());
         let now = now_ms();

@@ -302,7 +302,7 @@ impl Work for Deliver {
                 key: due[*i].msg.key().map(<[u8]>::to_vec).unwrap_or_default(),
                 command: d.command.clone(),
                 request: request.clone(),
-                traceparent: headers::continue_trace(d.traceparent.as_deref()),
+                parent: d.traceparent.clone(),
             })
             .collect();
         let env = calls::Env {

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +42,7 @@ use crate::config::{ConfigError, Settings};
 use crate::model::json_avro::parse_timestamp_ms;
 use crate::model::{Event, EventType, FieldError};
 use crate::telemetry::mask::mask_pii;
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 
 /// The correlation id a caller may send; echoed back and carried in the event's meta.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
@@ -365,10 +366,19 @@ fn record(source: &str, status: StatusCode) {
 
 async fn post_event(
     State(app): State<Arc<App>>,
-    Path(source_name): Path<String>,
+    path: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // The framework's own refusal (a source name that is not UTF-8, `%ff`) is an ApiError too.
+    let source_name = match path {
+        Ok(Path(name)) => name,
+        Err(e) => {
+            record("unknown", StatusCode::BAD_REQUEST);
+            return ApiError::new(StatusCode::BAD_REQUEST, "malformed_path", e.body_text())
+                .into_response();
+        }
+    };
     let correlation_id = correlation_id(&headers);
     let started = Instant::now();
     let known = app.sources.contains_key(&source_name);
@@ -456,7 +466,21 @@ async fn accept(
         .retry_after(wait.as_secs_f64().ceil() as u64));
     }
 
-    let context = context(headers, app.max_hops)?;
+    // The sender's trace continued with ingest's own span, or a new trace: every record carries
+    // one, so every stage, retry and call after it logs and sends the same trace id.
+    let given = headers
+        .get(TRACEPARENT_HEADER)
+        .and_then(|v| v.to_str().ok());
+    let mut span = trace::hop(
+        "onceflow.ingest",
+        trace::SpanKind::Server,
+        given,
+        vec![trace::KeyValue::new(
+            "onceflow.source",
+            source_name.to_string(),
+        )],
+    );
+    let context = context(headers, app.max_hops, &span)?;
     let json: Json = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;
     let env = envelope(json, &source.allowed)?;
@@ -468,7 +492,15 @@ async fn accept(
         env.data,
         Some(correlation_id.to_string()),
     );
-    match app.producer.publish_with(&event, &context).await {
+    let published = app.producer.publish_with(&event, &context).await;
+    match &published {
+        Ok(d) => span.set(trace::KeyValue::new(
+            "onceflow.event_id",
+            d.event_id.clone(),
+        )),
+        Err(e) => span.fail(e.to_string()),
+    }
+    match published {
         Ok(d) => Ok(Accepted {
             event_id: d.event_id,
             correlation_id: d.correlation_id,
@@ -495,8 +527,8 @@ async fn accept(
 }
 
 /// The hop count and trace context of a request: an event past `max_hops` is a loop through
-/// external automations (A → B → A) and is refused.
-fn context(headers: &HeaderMap, max_hops: u32) -> Result<Context, ApiError> {
+/// external automations (A → B → A) and is refused. The record carries `span`'s traceparent.
+fn context(headers: &HeaderMap, max_hops: u32, span: &trace::Hop) -> Result<Context, ApiError> {
     let hop = match headers.get(HOP_HEADER) {
         None => 0,
         Some(v) => v
@@ -520,13 +552,10 @@ fn context(headers: &HeaderMap, max_hops: u32) -> Result<Context, ApiError> {
         )
         .field("X-Onceflow-Hop"));
     }
-    // The sender's trace continued with ingest's own span, or a new trace: every record carries
-    // one, so every stage, retry and call after it logs and sends the same trace id.
-    let given = headers
-        .get(TRACEPARENT_HEADER)
-        .and_then(|v| v.to_str().ok());
-    let traceparent = Some(crate::model::headers::continue_trace(given));
-    Ok(Context { hop, traceparent })
+    Ok(Context {
+        hop,
+        traceparent: Some(span.traceparent().to_string()),
+    })
 }
 
 async fn readyz(State(app): State<Arc<App>>) -> Response {

@@ -97,7 +97,7 @@ pub fn document(catalog: &Catalog) -> Json {
                 "responses": {
                     "202": {"description": "Accepted: the broker acknowledged the event.",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Accepted"}}}},
-                    "400": error_response("Malformed JSON, or a malformed X-Onceflow-Hop."),
+                    "400": error_response("Malformed JSON, a malformed X-Onceflow-Hop, or a source name that is not UTF-8."),
                     "401": error_response("Missing, invalid or stale signature."),
                     "404": error_response("Unknown source."),
                     "413": error_response("Body over the source's limit."),

@@ -37,7 +37,7 @@ use crate::stage::fault::FaultPlan;
 use crate::stage::{
     BatchCx, BatchError, Counts, Due, Failure, Handled, Out, Routed, Runner, StageSpec, Work,
 };
-use crate::telemetry::metrics;
+use crate::telemetry::{metrics, trace};
 
 /// Why the processor could not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,10 +159,15 @@ impl Work for Decide {
 }
 
 /// The headers of a command decided from event record `m`.
-fn command_headers(m: &OwnedMessage, event: &Event) -> OwnedHeaders {
+/// A command's headers: the event's hop count, the processor span's `traceparent` (a child of the
+/// event's) and when the event was received.
+fn command_headers(m: &OwnedMessage, event: &Event, traceparent: &str) -> OwnedHeaders {
     let mut out = OwnedHeaders::new();
     if let Some(headers) = m.headers() {
-        for h in headers.iter().filter(|h| name::INHERITED.contains(&h.key)) {
+        for h in headers
+            .iter()
+            .filter(|h| name::INHERITED.contains(&h.key) && h.key != name::TRACEPARENT)
+        {
             out = out.insert(Header {
                 key: h.key,
                 value: h.value,
@@ -170,6 +175,10 @@ fn command_headers(m: &OwnedMessage, event: &Event) -> OwnedHeaders {
         }
     }
     out.insert(Header {
+        key: name::TRACEPARENT,
+        value: Some(traceparent),
+    })
+    .insert(Header {
         key: name::EVENT_RECEIVED_AT,
         value: Some(&event.meta.received_at.to_string()),
     })
@@ -234,9 +243,20 @@ impl Decide {
             return Ok(Verdict::Duplicate);
         }
         let corr = Some(event.meta.correlation_id.clone());
+        let parent = crate::model::headers::get(m.headers(), name::TRACEPARENT);
+        let mut span = trace::hop(
+            "onceflow.process",
+            trace::SpanKind::Consumer,
+            parent.as_deref(),
+            vec![
+                trace::KeyValue::new("onceflow.adapter", self.adapter.name().to_string()),
+                trace::KeyValue::new("onceflow.event_id", event.meta.event_id.clone()),
+            ],
+        );
         let commands = match self.adapter.decide(&event) {
             Ok(c) => c,
             Err(AdapterError::Retry { after, message }) => {
+                span.fail(message.clone());
                 return Ok(Verdict::Failed(cx.fail(
                     m,
                     d.envelope.as_ref(),
@@ -250,10 +270,11 @@ impl Decide {
                 )));
             }
             Err(AdapterError::Permanent { reason }) => {
+                span.fail(reason.clone());
                 return fail(ErrorClass::Permanent, &reason, corr);
             }
         };
-        let headers = command_headers(m, &event);
+        let headers = command_headers(m, &event, span.traceparent());
         let mut outs = Vec::with_capacity(commands.len());
         for c in commands {
             let Some((_, schema)) = self.catalog.latest(c.command_type.schema_name()) else {
@@ -280,10 +301,10 @@ impl Decide {
                 headers: Some(headers.clone()),
             });
         }
-        let traceparent = crate::model::headers::get(m.headers(), name::TRACEPARENT);
+        span.set(trace::KeyValue::new("onceflow.commands", outs.len() as i64));
         tracing::debug!(adapter = self.adapter.name(), event_id = %event.meta.event_id,
             correlation_id = %event.meta.correlation_id,
-            trace_id = traceparent.as_deref().and_then(crate::model::headers::trace_id).unwrap_or(""),
+            trace_id = crate::model::headers::trace_id(span.traceparent()).unwrap_or(""),
             commands = outs.len(), "event decided");
         Ok(Verdict::Decided(
             outs,

@@ -9,6 +9,7 @@
 pub mod endpoint;
 pub mod mask;
 pub mod metrics;
+pub mod trace;
 
 use tracing_subscriber::EnvFilter;
 
