@@ -108,8 +108,9 @@ fn committed(s: &Settings, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> 
 async fn every_reset_mode_plans_what_kafkas_tool_plans_and_execute_lands_where_it_would() {
     let s = common::settings();
     let topic = common::topic(&s, "reset", 3).await;
-    // Ten records per partition, 10 s apart in time, the last 110 s ago.
-    let start = now_ms() - 200_000;
+    // Ten records per partition, 30 s apart in time, the last 130 s ago: a time between two of
+    // them is 15 s from either, more than Kafka's tool and ours take between them.
+    let start = now_ms() - 400_000;
     let producer: FutureProducer = client::producer(&s.kafka, "test.fill").create().unwrap();
     for p in 0..3 {
         for i in 0..10_i64 {
@@ -119,7 +120,7 @@ async fn every_reset_mode_plans_what_kafkas_tool_plans_and_execute_lands_where_i
                         .partition(p)
                         .key("k")
                         .payload("v")
-                        .timestamp(start + i * 10_000),
+                        .timestamp(start + i * 30_000),
                     Duration::from_secs(10),
                 )
                 .await
@@ -129,22 +130,27 @@ async fn every_reset_mode_plans_what_kafkas_tool_plans_and_execute_lands_where_i
     let group = format!("{}.g", s.namespace);
     commit(&s, &group, &topic, &[(0, 4), (1, 7)]);
 
-    let mid = jiff::Timestamp::from_millisecond(start + 45_000)
+    // Between the 5th and the 6th record of each partition.
+    let between = start + 135_000;
+    let mid = jiff::Timestamp::from_millisecond(between)
         .unwrap()
         .to_string();
     let t = |parts: &str| Scope::Topics(vec![format!("{topic}{parts}")]);
+    // A duration back from now lands between the same two records (now moves on while the cases
+    // run: this one goes first).
+    let back = (now_ms() - between) / 1_000;
     let cases: Vec<(Vec<String>, Scope, ResetTo)> = vec![
+        (
+            vec!["--by-duration".into(), format!("PT{back}S")],
+            t(""),
+            ResetTo::Duration(Duration::from_secs(back as u64)),
+        ),
         (vec!["--to-earliest".into()], t(""), ResetTo::Earliest),
         (vec!["--to-latest".into()], t(""), ResetTo::Latest),
         (
             vec!["--to-datetime".into(), mid.clone()],
             t(""),
             ResetTo::Datetime(offsets::parse_datetime(&mid).unwrap()),
-        ),
-        (
-            vec!["--by-duration".into(), "PT155S".into()],
-            t(""),
-            ResetTo::Duration(Duration::from_secs(155)),
         ),
         (
             vec!["--to-offset".into(), "5".into()],
