@@ -131,3 +131,122 @@ async fn without_auto_registration_an_unregistered_subject_is_an_error_and_a_reg
     assert_eq!(bytes[1..5], registered[1..5], "same schema id");
     assert_eq!(bytes, registered);
 }
+
+/// A schema registry of the test's own (the stack's AxonOps binary, memory storage, a free port),
+/// which forgets every schema when it restarts: the stack's registry before it kept them in
+/// PostgreSQL.
+struct Forgetful {
+    child: std::process::Child,
+    port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl Forgetful {
+    fn start(port: u16, dir: &std::path::Path) -> Forgetful {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cache = std::env::var_os("ONCEFLOW_STACK_CACHE").map_or_else(
+            || root.join("deploy/local/.cache"),
+            std::path::PathBuf::from,
+        );
+        let config = dir.join("registry.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "server:\n  host: \"127.0.0.1\"\n  port: {port}\nstorage:\n  type: memory\n\
+                 compatibility:\n  default_level: BACKWARD\nlogging:\n  level: warn\n"
+            ),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new(cache.join("bin/schema-registry"));
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SCHEMA_REGISTRY_")) {
+            cmd.env_remove(k);
+        }
+        let child = cmd
+            .args(["-config", config.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the stack's schema registry binary (deploy/local/stack up installs it)");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the test's registry did not start"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Forgetful {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn restart(mut self) -> Forgetful {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        Forgetful::start(self.port, &self.dir)
+    }
+}
+
+impl Drop for Forgetful {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A registry that lost its schemas (restarted on memory storage) leaves the ids a codec cached
+/// dangling. Ingest's verifying codec notices before the bytes leave it, registers the schema
+/// again and encodes with an id the registry has: the record decodes. A plain codec keeps
+/// writing the lost id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifying_codec_registers_again_a_schema_the_registry_lost() {
+    let mut s = common::settings();
+    let dir = std::env::temp_dir().join(format!("onceflow-registry-{}", s.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = Forgetful::start(common::free_port(), &dir);
+    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
+    let schema = lead_v1();
+    let topic = &s.topics.inputs[0];
+    let codec = AvroCodec::verifying(&s.registry).unwrap();
+    let plain = AvroCodec::new(&s.registry).unwrap();
+    let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().unwrap());
+    let first = codec
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    let same = plain
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    assert_eq!(id(&same), id(&first));
+
+    let registry = registry.restart();
+    // The plain codec writes the lost id: nobody can decode that.
+    let dangling = plain
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    assert_eq!(id(&dangling), id(&first));
+    assert!(
+        AvroCodec::new(&s.registry)
+            .unwrap()
+            .decode(&dangling)
+            .await
+            .is_err(),
+        "the restarted registry knows nothing"
+    );
+    // The verifying codec notices and registers the schema again.
+    let again = codec
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    let decoded = AvroCodec::new(&s.registry)
+        .unwrap()
+        .decode(&again)
+        .await
+        .unwrap();
+    assert_eq!(decoded.record_name.as_deref(), Some(schema.full_name()));
+    drop(registry);
+}

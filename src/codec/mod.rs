@@ -14,8 +14,13 @@
 //! - Decoding never panics: a bad magic byte, an unknown schema id or truncated bytes is a
 //!   [`CodecError::Decode`] that says whether a retry could help (registry unreachable) or not.
 //! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
+//! - A codec made with [`AvroCodec::verifying`] (ingest's) returns bytes only once the registry
+//!   confirmed their schema id after they were encoded ([`ids`]); an id the registry lost is
+//!   dropped from the cache and the schema registered again, so nothing is acknowledged that no
+//!   consumer could decode.
 
 pub mod catalog;
+pub mod ids;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -185,6 +190,8 @@ pub struct AvroCodec {
     encoders: Mutex<HashMap<String, Arc<AvroEncoder>>>,
     decoder: AvroDecoder,
     auto_register: bool,
+    /// Confirms each encoded record's schema id (ingest's codec).
+    verifier: Option<ids::Verifier>,
 }
 
 impl AvroCodec {
@@ -202,6 +209,17 @@ impl AvroCodec {
             encoders: Mutex::new(HashMap::new()),
             decoder: AvroDecoder::new(sr),
             auto_register: settings.auto_register,
+            verifier: None,
+        })
+    }
+
+    /// A codec whose every encoded record's schema id is confirmed with the registry before the
+    /// bytes are returned (see the module invariants): ingest's, which acknowledges what it
+    /// writes.
+    pub fn verifying(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
+        Ok(AvroCodec {
+            verifier: Some(ids::Verifier::new(&settings.url)),
+            ..AvroCodec::new(settings)?
         })
     }
 
@@ -249,6 +267,40 @@ impl AvroCodec {
                 retriable: false,
             });
         }
+        let Some(verifier) = &self.verifier else {
+            return self.encode_once(topic, schema, value).await;
+        };
+        let bytes = self.encode_once(topic, schema, value.clone()).await?;
+        let (id, _) = split_wire_format(&bytes)?;
+        if verifier.check(id, tokio::time::Instant::now()).await? == ids::Check::Known {
+            return Ok(bytes);
+        }
+        // The registry lost the id this encoder cached: register the schema again.
+        tracing::warn!(subject = %schema.subject(topic), schema_id = id,
+            "the schema registry no longer has this schema id; registering the schema again");
+        self.encoders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(schema.json.as_str());
+        let bytes = self.encode_once(topic, schema, value).await?;
+        let (id, _) = split_wire_format(&bytes)?;
+        match verifier.check(id, tokio::time::Instant::now()).await? {
+            ids::Check::Known => Ok(bytes),
+            ids::Check::Gone => Err(CodecError::Encode {
+                subject: schema.subject(topic),
+                reason: format!("the registry gave schema id {id} and then did not know it"),
+                retriable: true,
+            }),
+        }
+    }
+
+    /// One encode with the cached (or newly registered) schema id.
+    async fn encode_once(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        value: Value,
+    ) -> Result<Vec<u8>, CodecError> {
         let encoder = self.encoder_for(schema);
         encoder
             .encode_value(value, &self.strategy(topic, schema))

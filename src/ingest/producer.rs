@@ -89,9 +89,10 @@ pub struct Producer<C: Codec = AvroCodec> {
 }
 
 impl Producer<AvroCodec> {
-    /// A producer for the configured ingest topic, registry and catalog.
+    /// A producer for the configured ingest topic, registry and catalog. Its codec confirms each
+    /// record's schema id with the registry before the record is sent (see [`crate::codec::ids`]).
     pub fn new(settings: &Settings) -> Result<Producer<AvroCodec>, PublishError> {
-        let codec = Arc::new(AvroCodec::new(&settings.registry)?);
+        let codec = Arc::new(AvroCodec::verifying(&settings.registry)?);
         let catalog = Arc::new(Catalog::builtin()?);
         Producer::with_codec(settings, codec, catalog)
     }
