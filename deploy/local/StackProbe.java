@@ -1,13 +1,32 @@
-// Readiness probe of the local Kafka broker, run by deploy/local/stack in Java's
-// single-file source mode: java -cp '<kafka tools jars>/*' StackProbe.java BOOTSTRAP TOPIC
+// Readiness probe of the local Kafka broker or cluster, run by deploy/local/stack in Java's
+// single-file source mode:
+//   java -cp '<kafka tools jars>/*' StackProbe.java BOOTSTRAP TOPIC [OPTIONS]
 //
 // Produces one record (acks=all, idempotent) and reads that very record back by
 // partition and offset. The consumer has no group.id, so the probe leaves no consumer
 // group behind. Exit 0 on a round trip, 1 otherwise.
+//
+// Options (the three-broker cluster, `stack up --brokers 3`):
+//   --nodes 1,2,3    first require these node ids among the cluster's live brokers
+//   --transactional  write the record in a transaction (transactional.id onceflow-stack-probe)
+//                    and read it back with read_committed: the transaction coordinator and its
+//                    replicated log work
+//   --rf N           then require replication factor N of TOPIC and of __transaction_state
 import java.time.Duration;
+import java.util.Arrays;
 import java.util.List;
+import java.util.Map;
 import java.util.Properties;
+import java.util.Set;
+import java.util.TreeSet;
 import java.util.UUID;
+import java.util.concurrent.TimeUnit;
+import java.util.stream.Collectors;
+import org.apache.kafka.clients.admin.Admin;
+import org.apache.kafka.clients.admin.Config;
+import org.apache.kafka.clients.admin.TopicDescription;
+import org.apache.kafka.common.Node;
+import org.apache.kafka.common.config.ConfigResource;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.clients.producer.KafkaProducer;
@@ -21,7 +40,34 @@ public class StackProbe {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         String topic = args[1];
+        List<Integer> nodes = List.of();
+        boolean transactional = false;
+        int rf = 0;
+        for (int i = 2; i < args.length; i++) {
+            switch (args[i]) {
+                case "--nodes" -> nodes = Arrays.stream(args[++i].split(","))
+                        .map(String::trim).map(Integer::valueOf).toList();
+                case "--transactional" -> transactional = true;
+                case "--rf" -> rf = Integer.parseInt(args[++i]);
+                default -> throw new IllegalArgumentException("unknown option " + args[i]);
+            }
+        }
         String token = "probe-" + UUID.randomUUID();
+
+        Properties a = new Properties();
+        a.put("bootstrap.servers", bootstrap);
+        a.put("request.timeout.ms", "5000");
+        a.put("default.api.timeout.ms", "10000");
+        if (!nodes.isEmpty()) {
+            try (Admin admin = Admin.create(a)) {
+                Set<Integer> live = admin.describeCluster().nodes().get(10, TimeUnit.SECONDS)
+                        .stream().map(Node::id).collect(Collectors.toCollection(TreeSet::new));
+                if (!live.containsAll(nodes)) {
+                    System.err.println("waiting for nodes " + nodes + "; live brokers: " + live);
+                    System.exit(1);
+                }
+            }
+        }
 
         Properties p = new Properties();
         p.put("bootstrap.servers", bootstrap);
@@ -30,10 +76,21 @@ public class StackProbe {
         p.put("max.block.ms", "10000");
         p.put("request.timeout.ms", "5000");
         p.put("delivery.timeout.ms", "10000");
+        if (transactional) {
+            p.put("transactional.id", "onceflow-stack-probe");
+            p.put("transaction.timeout.ms", "30000");
+        }
         RecordMetadata md;
         try (KafkaProducer<String, String> producer =
                 new KafkaProducer<>(p, new StringSerializer(), new StringSerializer())) {
+            if (transactional) {
+                producer.initTransactions();
+                producer.beginTransaction();
+            }
             md = producer.send(new ProducerRecord<>(topic, token, token)).get();
+            if (transactional) {
+                producer.commitTransaction();
+            }
         }
 
         Properties c = new Properties();
@@ -51,7 +108,12 @@ public class StackProbe {
             while (System.currentTimeMillis() < deadline) {
                 for (ConsumerRecord<String, String> r : consumer.poll(Duration.ofMillis(500))) {
                     if (token.equals(r.value())) {
-                        System.out.printf("round trip ok: %s-%d@%d%n", topic, md.partition(), md.offset());
+                        System.out.printf("round trip ok%s: %s-%d@%d%n",
+                                transactional ? " (transaction committed, read_committed)" : "",
+                                topic, md.partition(), md.offset());
+                        if (rf > 0) {
+                            checkReplication(a, List.of(topic, "__transaction_state"), rf);
+                        }
                         return;
                     }
                 }
@@ -59,5 +121,37 @@ public class StackProbe {
         }
         System.err.println("produced " + token + " at " + tp + "@" + md.offset() + " but did not read it back");
         System.exit(1);
+    }
+
+    // Every partition of every topic has rf replicas; prints each topic's replication, ISR sizes
+    // and min.insync.replicas. Exit 1 when a replication factor differs.
+    static void checkReplication(Properties a, List<String> topics, int rf) throws Exception {
+        try (Admin admin = Admin.create(a)) {
+            Map<String, TopicDescription> described =
+                    admin.describeTopics(topics).allTopicNames().get(10, TimeUnit.SECONDS);
+            List<ConfigResource> resources = topics.stream()
+                    .map(t -> new ConfigResource(ConfigResource.Type.TOPIC, t)).toList();
+            Map<ConfigResource, Config> configs =
+                    admin.describeConfigs(resources).all().get(10, TimeUnit.SECONDS);
+            boolean ok = true;
+            for (String t : topics) {
+                TopicDescription d = described.get(t);
+                Set<Integer> rfs = new TreeSet<>();
+                Set<Integer> isrs = new TreeSet<>();
+                d.partitions().forEach(pi -> {
+                    rfs.add(pi.replicas().size());
+                    isrs.add(pi.isr().size());
+                });
+                String minIsr = configs.get(new ConfigResource(ConfigResource.Type.TOPIC, t))
+                        .get("min.insync.replicas").value();
+                System.out.printf("replication: %s partitions %d, replication factor %s, ISR sizes %s, min.insync.replicas %s%n",
+                        t, d.partitions().size(), rfs, isrs, minIsr);
+                ok &= rfs.equals(Set.of(rf));
+            }
+            if (!ok) {
+                System.err.println("a replication factor differs from " + rf);
+                System.exit(1);
+            }
+        }
     }
 }
