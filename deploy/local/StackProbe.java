@@ -12,6 +12,8 @@
 //                    and read it back with read_committed: the transaction coordinator and its
 //                    replicated log work
 //   --rf N           then require replication factor N of TOPIC and of __transaction_state
+//   --min-isr N      … and min.insync.replicas N of both
+// Exit 2 when a replication setting differs (a lasting misconfiguration, not worth a retry).
 import java.time.Duration;
 import java.util.Arrays;
 import java.util.List;
@@ -43,12 +45,14 @@ public class StackProbe {
         List<Integer> nodes = List.of();
         boolean transactional = false;
         int rf = 0;
+        String minIsr = null;
         for (int i = 2; i < args.length; i++) {
             switch (args[i]) {
                 case "--nodes" -> nodes = Arrays.stream(args[++i].split(","))
                         .map(String::trim).map(Integer::valueOf).toList();
                 case "--transactional" -> transactional = true;
                 case "--rf" -> rf = Integer.parseInt(args[++i]);
+                case "--min-isr" -> minIsr = args[++i];
                 default -> throw new IllegalArgumentException("unknown option " + args[i]);
             }
         }
@@ -112,7 +116,7 @@ public class StackProbe {
                                 transactional ? " (transaction committed, read_committed)" : "",
                                 topic, md.partition(), md.offset());
                         if (rf > 0) {
-                            checkReplication(a, List.of(topic, "__transaction_state"), rf);
+                            checkReplication(a, List.of(topic, "__transaction_state"), rf, minIsr);
                         }
                         return;
                     }
@@ -123,9 +127,11 @@ public class StackProbe {
         System.exit(1);
     }
 
-    // Every partition of every topic has rf replicas; prints each topic's replication, ISR sizes
-    // and min.insync.replicas. Exit 1 when a replication factor differs.
-    static void checkReplication(Properties a, List<String> topics, int rf) throws Exception {
+    // Every partition of every topic has rf replicas (and the topic min.insync.replicas minIsr,
+    // unless null); prints each topic's replication, ISR sizes and min.insync.replicas. Exit 2
+    // when one differs.
+    static void checkReplication(Properties a, List<String> topics, int rf, String minIsr)
+            throws Exception {
         try (Admin admin = Admin.create(a)) {
             Map<String, TopicDescription> described =
                     admin.describeTopics(topics).allTopicNames().get(10, TimeUnit.SECONDS);
@@ -142,15 +148,16 @@ public class StackProbe {
                     rfs.add(pi.replicas().size());
                     isrs.add(pi.isr().size());
                 });
-                String minIsr = configs.get(new ConfigResource(ConfigResource.Type.TOPIC, t))
+                String topicMinIsr = configs.get(new ConfigResource(ConfigResource.Type.TOPIC, t))
                         .get("min.insync.replicas").value();
                 System.out.printf("replication: %s partitions %d, replication factor %s, ISR sizes %s, min.insync.replicas %s%n",
-                        t, d.partitions().size(), rfs, isrs, minIsr);
-                ok &= rfs.equals(Set.of(rf));
+                        t, d.partitions().size(), rfs, isrs, topicMinIsr);
+                ok &= rfs.equals(Set.of(rf)) && (minIsr == null || minIsr.equals(topicMinIsr));
             }
             if (!ok) {
-                System.err.println("a replication factor differs from " + rf);
-                System.exit(1);
+                System.out.println("replication differs: want replication factor " + rf
+                        + (minIsr == null ? "" : " and min.insync.replicas " + minIsr));
+                System.exit(2);
             }
         }
     }
