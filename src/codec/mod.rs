@@ -370,12 +370,14 @@ pub fn split_wire_format(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
     }
 }
 
-/// Decodes one Avro datum strictly: every byte must be consumed, and the value must account for
-/// every byte. apache-avro reads a union whose index is missing at end of input as `null` (and a
-/// plain reader may fill unread fields with `Null`), so a truncated record would otherwise decode
-/// "successfully"; re-encoding the value and comparing lengths catches that, because a missing
-/// field costs at least one byte when written back. Writers that use the canonical single-block
-/// encoding (Java, Confluent, Go and Python clients) always pass.
+/// Decodes one Avro datum strictly: every byte must be consumed, and the datum must be exactly the
+/// encoding of the value. apache-avro reads a union whose index is missing at end of input as
+/// `null` (and a plain reader may fill unread fields with `Null`), so a truncated record would
+/// otherwise decode "successfully"; re-encoding the value and comparing the bytes catches that. A
+/// length check alone does not: a last union index cut in the middle of its varint (one byte
+/// `0xf9`) is consumed, read as `null`, and written back as one byte `0x00` (found by
+/// fuzz/fuzz_targets/wire_format.rs). Writers that use the canonical single-block encoding (Java,
+/// Confluent, Go and Python clients) always pass.
 pub fn decode_datum(writer: &apache_avro::Schema, datum: &[u8]) -> Result<Value, String> {
     use apache_avro::reader::datum::GenericDatumReader;
     use apache_avro::writer::datum::GenericDatumWriter;
@@ -400,7 +402,7 @@ pub fn decode_datum(writer: &apache_avro::Schema, datum: &[u8]) -> Result<Value,
         .build()
         .and_then(|w| w.write_value_ref(&mut rewritten, &value))
         .map_err(|e| format!("{invalid} ({e})"))?;
-    if rewritten.len() != datum.len() {
+    if rewritten != datum {
         return Err(invalid.into());
     }
     Ok(value)
@@ -448,6 +450,27 @@ mod tests {
                 datum.len()
             );
         }
+    }
+
+    #[test]
+    fn a_last_union_index_cut_mid_varint_is_an_error() {
+        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
+        let mut record = record();
+        let Value::Record(fields) = &mut record else {
+            unreachable!()
+        };
+        fields[3].1 = Value::Union(0, Box::new(Value::Null));
+        let mut datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(record)
+            .unwrap();
+        assert_eq!(datum.last(), Some(&0), "`d` is null: union index 0");
+        // The byte the fuzzer found: a varint whose continuation bit promises a byte that is not
+        // there. Same length as the canonical `0x00`, so only comparing the bytes refuses it.
+        *datum.last_mut().unwrap() = 0xf9;
+        let e = decode_datum(&schema, &datum).unwrap_err();
+        assert!(e.contains("truncated or corrupt"), "{e}");
     }
 
     #[test]
