@@ -35,7 +35,7 @@ impl Running {
         let a = onceflow::adapters::build(adapter, &config).unwrap();
         let d = Dispatcher::new(s, a).unwrap();
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(async move { d.run(stopped).await });
+        let task = tokio::spawn(async move { d.run(stopped).await.unwrap() });
         Running { stop, task }
     }
 

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{await_caught_up, create_plan, doubles, lead, outbox_event_ids, publish};
+use common::{Running, await_caught_up, create_plan, doubles, lead, outbox_event_ids, publish};
 use onceflow::adapters::{self, Adapter, AdapterError};
 use onceflow::codec::catalog::Catalog;
 use onceflow::codec::{AvroCodec, Codec};
@@ -21,33 +21,12 @@ use onceflow::model::event::now_ms;
 use onceflow::model::headers::{ErrorClass, ErrorEnvelope, name};
 use onceflow::model::{Event, identity};
 use onceflow::processor::Processor;
-use onceflow::stage::Counts;
 use onceflow::stage::fault::{FaultPlan, Point};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::json;
-use tokio::sync::watch;
 
 const CATCH_UP: Duration = Duration::from_secs(90);
-
-/// A running processor; `stop` ends it and returns its counts.
-struct Running {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Counts>,
-}
-
-impl Running {
-    fn start(processor: Processor) -> Running {
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(async move { processor.run(stopped).await.unwrap() });
-        Running { stop, task }
-    }
-
-    async fn stop(self) -> Counts {
-        self.stop.send(true).unwrap();
-        self.task.await.unwrap()
-    }
-}
 
 fn crm(s: &Settings) -> Processor {
     Processor::new(

@@ -443,7 +443,7 @@ async fn a_deliver_replay_after_a_provider_outage_reaches_the_provider_once_per_
     )
     .unwrap();
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(async move { d.run(stopped).await });
+    let task = tokio::spawn(async move { d.run(stopped).await.unwrap() });
     let dlq = names.dlq("billing", Stage::Deliver);
     let deadline = std::time::Instant::now() + CATCH_UP;
     while common::envelopes(&s, &dlq).len() < 12 {

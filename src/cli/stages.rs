@@ -77,7 +77,7 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
     let dispatcher =
         onceflow::dispatcher::Dispatcher::new(&settings, adapter)?.with_readiness(readiness);
     let stopped = stop_on_signal(settings.dispatcher.shutdown_timeout);
-    let counts = dispatcher.run(stopped).await;
+    let counts = dispatcher.run(stopped).await?;
     flush(exporting).await;
     let t = &counts.tally;
     println!(

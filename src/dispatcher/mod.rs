@@ -160,7 +160,10 @@ impl Dispatcher {
 
     /// Runs until `shutdown` turns true; the batch in flight (its calls included) is finished
     /// first.
-    pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Counts {
+    pub async fn run(
+        &self,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Counts, crate::stage::StageError> {
         self.runner.run(shutdown).await
     }
 }

@@ -181,6 +181,15 @@ impl TxProducer {
             .await
     }
 
+    /// Commits the open transaction, waiting at most `timeout` for the outcome (a time-out leaves
+    /// the commit going on in the background: ask again).
+    pub async fn commit_within(&self, timeout: Duration) -> Result<(), TxError> {
+        self.blocking("commit_transaction", move |p, _| {
+            p.commit_transaction(timeout)
+        })
+        .await
+    }
+
     /// Aborts the open transaction; its records stay invisible to `read_committed` readers.
     pub async fn abort(&self) -> Result<(), TxError> {
         self.blocking("abort_transaction", |p, t| p.abort_transaction(t))

@@ -45,6 +45,9 @@ pub enum ProcessError {
     /// The schema catalog or codec could not be built.
     #[error(transparent)]
     Codec(#[from] CodecError),
+    /// The stage stopped early (a newer process of the same instance).
+    #[error(transparent)]
+    Stage(#[from] crate::stage::StageError),
 }
 
 /// The processor of one adapter.
@@ -99,7 +102,7 @@ impl Processor {
     /// Runs until `shutdown` turns true; every batch in flight is finished first. Fatal errors
     /// rejoin with a fresh consumer and producer instead of returning.
     pub async fn run(&self, shutdown: watch::Receiver<bool>) -> Result<Counts, ProcessError> {
-        Ok(self.runner.run(shutdown).await)
+        Ok(self.runner.run(shutdown).await?)
     }
 }
 

@@ -27,6 +27,9 @@ use crate::model::headers::{self, ErrorClass, ErrorEnvelope, Origin};
 use crate::retry::{Next, RetryPolicy};
 use crate::telemetry::metrics;
 
+/// A stage's metric labels: its adapter and stage names.
+pub(super) type Labels<'a> = (&'a str, &'static str);
+
 /// How many transactions one batch's outputs are tried in before the batch is redone.
 pub const COMMIT_ATTEMPTS: usize = 3;
 
@@ -285,6 +288,7 @@ pub(super) async fn transactional<C, X>(
     offsets: &TopicPartitionList,
     fault: &FaultPlan,
     batch_no: u64,
+    labels: Labels<'_>,
 ) -> Result<(), BatchError>
 where
     X: rdkafka::consumer::ConsumerContext,
@@ -292,7 +296,7 @@ where
 {
     let mut last = String::new();
     for attempt in 1..=COMMIT_ATTEMPTS {
-        match once(tx, consumer, outs, offsets.clone(), fault, batch_no).await {
+        match once(tx, consumer, outs, offsets.clone(), fault, batch_no, labels).await {
             Ok(()) => return Ok(()),
             Err(BatchError::Aborted(e)) => {
                 warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
@@ -311,6 +315,7 @@ async fn once<C, X>(
     offsets: TopicPartitionList,
     fault: &FaultPlan,
     batch_no: u64,
+    labels: Labels<'_>,
 ) -> Result<(), BatchError>
 where
     X: rdkafka::consumer::ConsumerContext,
@@ -337,27 +342,56 @@ where
     if sent.is_ok() && fault.hit(Point::CrashBeforeCommit, batch_no) {
         std::process::abort();
     }
-    let result = match sent {
-        Err(e) => Err(e),
-        Ok(()) if fault.hit(Point::AbortBeforeCommit, batch_no) => Err(TxError {
+    let failed = match sent {
+        Err(e) => e,
+        Ok(()) if fault.hit(Point::AbortBeforeCommit, batch_no) => TxError {
             op: "injected fault",
             kind: TxErrorKind::Abortable,
             source: KafkaError::Canceled,
-        }),
-        Ok(()) => {
-            let mut attempt = 0;
-            loop {
-                match tx.commit().await {
-                    Err(e) if e.kind == TxErrorKind::Retriable && attempt < 3 => attempt += 1,
-                    other => break other,
-                }
-            }
-        }
+        },
+        Ok(()) => return settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels).await,
     };
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => Err(abort_after(tx, e).await),
+    Err(abort_after(tx, failed).await)
+}
+
+/// How many times a commit whose outcome is unknown is asked again before the session gives up.
+const COMMIT_ASKS: usize = 5;
+
+/// Commits the open transaction and learns its outcome. A commit call that times out has an
+/// unknown outcome: the commit goes on in the background and may well have committed, so the
+/// transaction is never aborted then and the batch never redone in this session. The call is
+/// repeated instead (librdkafka answers a repeated call with the outcome); still unknown after
+/// [`COMMIT_ASKS`] calls, the session ends (`Fatal`): the next session's `init_transactions`
+/// makes the coordinator finish that transaction, one way or the other, before anything is read
+/// again from the committed offsets. A commit that failed for certain (abortable) is aborted.
+async fn settle(tx: &TxProducer, short: bool, labels: Labels<'_>) -> Result<(), BatchError> {
+    let mut unknown = None;
+    for ask in 1..=COMMIT_ASKS {
+        let call = if short && ask == 1 {
+            tx.commit_within(std::time::Duration::from_millis(1)).await
+        } else {
+            tx.commit().await
+        };
+        match call {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == TxErrorKind::Retriable => {
+                warn!(adapter = labels.0, stage = labels.1, ask, error = %e,
+                      "commit outcome unknown (the call timed out); asking again, not aborting");
+                ::metrics::counter!(metrics::COMMIT_UNKNOWN, "adapter" => labels.0.to_string(),
+                    "stage" => labels.1)
+                .increment(1);
+                unknown = Some(e);
+            }
+            Err(e) => return Err(abort_after(tx, e).await),
+        }
     }
+    Err(BatchError::Fatal(SessionError::Tx(unknown.unwrap_or(
+        TxError {
+            op: "commit_transaction",
+            kind: TxErrorKind::Fatal,
+            source: KafkaError::Canceled,
+        },
+    ))))
 }
 
 /// The at-least-once path (benchmarks only): write `outs`, await them, then commit `offsets`.

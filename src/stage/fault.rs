@@ -13,7 +13,10 @@
 //! each in batch N or, when batch N never gets that far (all its records deferred or paused), the
 //! first later batch that does;
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
-//!   and the batch is redone from the committed offsets.
+//!   and the batch is redone from the committed offsets;
+//! - `commit_times_out:N`: in batch N, the first commit calls wait 1 ms only, so librdkafka answers
+//!   with a time-out while the commit goes on in the background: the outcome is unknown to the
+//!   stage, as after a broker that stalled past the call's time-out.
 //!
 //! Invariant: with the variable unset, [`FaultPlan::hit`] is always false.
 
@@ -28,6 +31,8 @@ pub enum Point {
     AbortBeforeCommit,
     /// After the "attempting" marks were committed, before any call: crash.
     CrashAfterMarks,
+    /// The commit call times out (its outcome unknown).
+    CommitTimesOut,
 }
 
 /// The fault to inject, if any.
@@ -51,6 +56,7 @@ impl FaultPlan {
                 "crash_after_commit" => Point::CrashAfterCommit,
                 "abort_before_commit" => Point::AbortBeforeCommit,
                 "crash_after_marks" => Point::CrashAfterMarks,
+                "commit_times_out" => Point::CommitTimesOut,
                 _ => return None,
             };
             Some((point, n.parse().ok()?))
@@ -70,11 +76,13 @@ impl FaultPlan {
 
     /// Whether to inject `point` in batch `batch` (1-based). A crash fires at the first time the
     /// point is reached in batch N or later (a batch whose records were all deferred or paused
-    /// never reaches a commit, so "exactly batch N" could be skipped); an injected abort fires in
-    /// batch N only.
+    /// never reaches a commit, so "exactly batch N" could be skipped); an injected abort or commit
+    /// time-out fires in batch N only.
     pub fn hit(&self, point: Point, batch: u64) -> bool {
         match self.fault {
-            Some((Point::AbortBeforeCommit, n)) => point == Point::AbortBeforeCommit && batch == n,
+            Some((p @ (Point::AbortBeforeCommit | Point::CommitTimesOut), n)) => {
+                point == p && batch == n
+            }
             Some((p, n)) => p == point && batch >= n,
             None => false,
         }

@@ -23,11 +23,16 @@
 //!   drops the producer and the consumer, and the loop rejoins with fresh ones; it never exits the
 //!   process.
 //! - A record on a retry topic that is not yet due pauses only its own partition (rewound to that
-//!   record) until its `not_before`; every other partition keeps flowing.
+//!   record) until its `not_before`; every other partition keeps flowing. A paused partition
+//!   that is revoked and later assigned again is resumed (librdkafka would keep it paused with
+//!   nobody left to resume it) and pauses again on reading its record, so it is neither stuck nor
+//!   handled early.
 //! - Records the work defers (a dispatcher whose circuit breaker opened) are not consumed: the
 //!   transaction commits each partition's offset up to its first deferred record, and the partition
 //!   is rewound there. Records after it that were handled anyway are committed with their store
 //!   changes, so when they are read again the store recognises them.
+//! - Of two processes started with the same instance (one transactional id), the newer one keeps
+//!   it: the older, once fenced and having seen the newer join, stops ([`instance`]).
 //! - Store changes reach memory only after their transaction committed; a work may commit changes
 //!   ahead of the batch ([`BatchCx::precommit`], the dispatcher's "attempting" marks) in a
 //!   transaction of their own, without offsets.
@@ -35,6 +40,7 @@
 mod commit;
 mod context;
 pub mod fault;
+pub mod instance;
 mod session;
 
 use std::future::Future;
@@ -74,6 +80,28 @@ pub enum SessionError {
     /// A blocking task failed.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+impl SessionError {
+    /// The session's producer was fenced by another producer of its transactional id.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, SessionError::Tx(t) if t.is_fenced())
+    }
+}
+
+/// Why a stage stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// A newer process runs the same instance (same `--instance`) and took its transactional id.
+    #[error(
+        "another process took over instance `{instance}` (member `{by}` of the group, started later); this one stops"
+    )]
+    Superseded {
+        /// The instance id.
+        instance: String,
+        /// The newer member's client id.
+        by: String,
+    },
 }
 
 /// How a batch failed.
@@ -229,6 +257,8 @@ pub struct Runner<W: Work> {
     policy: RetryPolicy,
     fault: FaultPlan,
     readiness: crate::telemetry::endpoint::Readiness,
+    /// This runner's incarnation ([`instance`]).
+    incarnation: u64,
 }
 
 impl<W: Work> Runner<W> {
@@ -255,6 +285,7 @@ impl<W: Work> Runner<W> {
             policy,
             fault: FaultPlan::from_env(),
             readiness: crate::telemetry::endpoint::Readiness::new(false),
+            incarnation: instance::incarnation(),
         }
     }
 
@@ -281,14 +312,23 @@ impl<W: Work> Runner<W> {
     }
 
     /// Runs until `shutdown` turns true; every batch in flight is finished first. Fatal errors
-    /// rejoin with a fresh consumer and producer instead of returning.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Counts {
+    /// rejoin with a fresh consumer and producer instead of returning; only a newer process of the
+    /// same instance ends the run early ([`StageError::Superseded`]).
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<Counts, StageError> {
         let mut counts = Counts::default();
         let stage = self.spec.stage.as_str();
         while !*shutdown.borrow() {
             match session::run(self, &mut shutdown, &mut counts).await {
                 Ok(()) => break,
                 Err(e) => {
+                    if e.is_fenced()
+                        && let Some(by) = self.newer_member().await
+                    {
+                        let instance = self.loop_settings.instance_id.clone();
+                        tracing::error!(adapter = self.adapter(), stage, %instance, newer = %by,
+                            "fenced by a newer process of the same instance; stopping");
+                        return Err(StageError::Superseded { instance, by });
+                    }
                     counts.rejoins += 1;
                     ::metrics::counter!(self.spec.metrics.fencings, "adapter" => self.adapter().to_string())
                         .increment(1);
@@ -301,6 +341,27 @@ impl<W: Work> Runner<W> {
             }
         }
         info!(adapter = self.adapter(), stage, ?counts, "stage stopped");
-        counts
+        Ok(counts)
+    }
+
+    /// The client id of a newer process's member of this instance, if one joins within
+    /// [`instance::LOOK_FOR`]; a failed look-up counts as none (the session rejoins).
+    async fn newer_member(&self) -> Option<String> {
+        let stage = self.spec.stage.as_str();
+        let group = self.names.group(self.adapter(), self.spec.stage);
+        let prefix = instance::member_prefix(
+            &self.kafka.client_id,
+            self.adapter(),
+            stage,
+            &self.loop_settings.instance_id,
+        );
+        let (kafka, ours) = (self.kafka.clone(), self.incarnation);
+        tokio::task::spawn_blocking(move || instance::newer_member(&kafka, &group, &prefix, ours))
+            .await
+            .ok()?
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "could not list the group's members");
+                None
+            })
     }
 }

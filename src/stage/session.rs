@@ -101,8 +101,9 @@ fn consumer<W: Work>(r: &Runner<W>) -> Result<Arc<StageConsumer>, KafkaError> {
     let stage = r.spec.stage;
     let group = r.names.group(adapter, stage);
     let instance = &r.loop_settings.instance_id;
-    // The instance in the client id names the member in the group's member list.
-    let role = format!("{adapter}.{stage}.{instance}");
+    // The instance and the incarnation in the client id name the member in the group's member
+    // list (super::instance).
+    let role = super::instance::role(adapter, stage.as_str(), instance, r.incarnation);
     let mut config = client::consumer(
         &r.kafka,
         &role,
@@ -236,6 +237,15 @@ impl<W: Work> Session<'_, W> {
     async fn sync_assignment(&mut self) -> Result<(), SessionError> {
         let owned = self.assigned()?;
         self.paused.retain(|tp, _| owned.contains(tp));
+        // librdkafka keeps an application pause on a partition across its revocation and a later
+        // assignment, but this session forgot the pause when the partition left: nothing would
+        // ever resume it. Every owned partition not paused on purpose is resumed (a no-op for
+        // those not paused); its not-yet-due record, read again, pauses it again until it is due.
+        let mut unpaused = TopicPartitionList::new();
+        for (topic, partition) in owned.iter().filter(|tp| !self.paused.contains_key(*tp)) {
+            unpaused.add_partition(topic, *partition);
+        }
+        self.consumer.resume(&unpaused)?;
         let wanted: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
         let have = self.store.partitions();
         for p in have.difference(&wanted) {
@@ -257,6 +267,9 @@ impl<W: Work> Session<'_, W> {
             restore::<W::Entry>(&kafka, &changelog, &reader, &parts, ttl, now_ms(), max_wait)
         })
         .await??;
+        ::metrics::histogram!(crate::telemetry::metrics::STORE_RESTORE_SECONDS,
+            "adapter" => r.adapter().to_string(), "stage" => r.spec.stage.as_str())
+        .record(started.elapsed().as_secs_f64());
         let entries: usize = restored.values().map(HashMap::len).sum();
         for (p, e) in restored {
             self.store.insert_partition(p, e);
@@ -462,6 +475,7 @@ impl<W: Work> Session<'_, W> {
                     &offsets,
                     &r.fault,
                     self.batch_no,
+                    (r.adapter(), r.spec.stage.as_str()),
                 )
                 .await?
             }

@@ -106,6 +106,15 @@ pub const REPLAY_RECORDS: &str = "onceflow_replay_records_total";
 /// `adapter`, `stage`. Exported by the stage's processor or dispatcher.
 pub const DLQ_DEPTH: &str = "onceflow_dlq_depth_records";
 
+/// Histogram of seconds a stage's store took to restore newly assigned partitions from its
+/// changelog, waits for open transactions included (a zombie's open transaction holds the last
+/// stable offset until the broker aborts it, at most its transaction timeout); labels `adapter`,
+/// `stage`.
+pub const STORE_RESTORE_SECONDS: &str = "onceflow_store_restore_seconds";
+/// Counter of commit calls that timed out with the outcome unknown and were asked again (never
+/// aborted); labels `adapter`, `stage`.
+pub const COMMIT_UNKNOWN: &str = "onceflow_commit_outcome_unknown_total";
+
 /// What a metric is, as Prometheus sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -148,6 +157,8 @@ pub const EXPORTED: &[(&str, Kind)] = &[
     (END_TO_END_SECONDS, Kind::Histogram),
     (REPLAY_RECORDS, Kind::Counter),
     (DLQ_DEPTH, Kind::Gauge),
+    (STORE_RESTORE_SECONDS, Kind::Histogram),
+    (COMMIT_UNKNOWN, Kind::Counter),
 ];
 
 /// Histogram bucket bounds in seconds (every onceflow histogram measures seconds: 1 ms to 2 min).

@@ -70,6 +70,8 @@ pub struct RawRec {
     pub value: Vec<u8>,
     /// Headers as (name, UTF-8 value).
     pub headers: Vec<(String, String)>,
+    /// The record's timestamp (epoch ms; its producer's create time).
+    pub timestamp: i64,
 }
 
 impl RawRec {
@@ -152,6 +154,7 @@ pub fn read_all_bytes(settings: &Settings, topic: &str, isolation: Isolation) ->
                 key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                 value: m.payload().unwrap_or_default().to_vec(),
                 headers,
+                timestamp: m.timestamp().to_millis().unwrap_or(0),
             });
             last = Instant::now();
             continue;
@@ -470,4 +473,38 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A processor running in this process; `stop` ends it and returns its counts.
+pub struct Running {
+    stop: tokio::sync::watch::Sender<bool>,
+    task:
+        tokio::task::JoinHandle<Result<onceflow::stage::Counts, onceflow::processor::ProcessError>>,
+}
+
+impl Running {
+    /// Runs `processor` until [`Running::stop`].
+    pub fn start(processor: onceflow::processor::Processor) -> Running {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move { processor.run(stopped).await });
+        Running { stop, task }
+    }
+
+    /// Stops it; its counts.
+    pub async fn stop(self) -> onceflow::stage::Counts {
+        self.finish().await.unwrap()
+    }
+
+    /// Stops it (if it still runs); what its run returned.
+    pub async fn finish(
+        self,
+    ) -> Result<onceflow::stage::Counts, onceflow::processor::ProcessError> {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
+
+    /// Whether its run has returned by itself.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
 }

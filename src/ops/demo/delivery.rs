@@ -58,7 +58,7 @@ pub async fn run_dispatchers(
     let mut outcomes = Vec::new();
     for (adapter, stop, task) in running {
         let _ = stop.send(true);
-        let counts = task.await?;
+        let counts = task.await?.map_err(|e| DemoError::Samples(e.to_string()))?;
         outcomes.push(DispatcherOutcome { adapter, counts });
     }
     Ok(outcomes)
