@@ -250,3 +250,79 @@ async fn a_verifying_codec_registers_again_a_schema_the_registry_lost() {
     assert_eq!(decoded.record_name.as_deref(), Some(schema.full_name()));
     drop(registry);
 }
+
+/// The processor encodes commands with schema ids it cached; a registry that lost its schemas
+/// while the processor runs must not get commands nobody can decode. Before each commit the
+/// registry confirms the batch's ids; a lost one makes the batch be redone, registering again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_processor_never_commits_a_command_whose_schema_the_registry_lost() {
+    let mut s = common::settings();
+    s.processor.instance_id = "forgetful".into();
+    let dir = std::env::temp_dir().join(format!("onceflow-registry-p-{}", s.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = Forgetful::start(common::free_port(), &dir);
+    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
+    common::create_plan(&s).await;
+    let names = onceflow::kafka::names::Names::new(&s);
+    let group = names.group("crm", onceflow::kafka::names::Stage::Process);
+    let outbox = names.outbox("crm");
+    let leads = |from: usize| -> Vec<_> {
+        (from..from + 20)
+            .map(|i| common::lead(&format!("F-{i}"), &format!("f{i}@x.io")))
+            .collect()
+    };
+    let processor = onceflow::processor::Processor::new(
+        &s,
+        onceflow::adapters::build("crm", &onceflow::config::AdapterSettings::default()).unwrap(),
+    )
+    .unwrap();
+    let running = common::Running::start(processor);
+    common::publish(&s, leads(0)).await;
+    let limit = std::time::Duration::from_secs(90);
+    common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
+    let before = {
+        let (s2, t) = (s.clone(), outbox.clone());
+        tokio::task::spawn_blocking(move || {
+            common::read_all_bytes(&s2, &t, onceflow::kafka::client::Isolation::ReadCommitted)
+        })
+        .await
+        .unwrap()
+        .len()
+    };
+    assert_eq!(before, 20);
+
+    // The registry forgets everything; the producer registers the event schema again.
+    let registry = registry.restart();
+    common::publish(&s, leads(20)).await;
+    common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
+    running.stop().await;
+
+    let (s2, t) = (s.clone(), outbox.clone());
+    let records = tokio::task::spawn_blocking(move || {
+        common::read_all_bytes(&s2, &t, onceflow::kafka::client::Isolation::ReadCommitted)
+    })
+    .await
+    .unwrap();
+    assert_eq!(records.len(), 40);
+    let codec = AvroCodec::new(&s.registry).unwrap();
+    let mut after = 0;
+    for r in records.iter().filter(|r| {
+        // The 20 commands written before the registry forgot them are beyond help.
+        !(0..20).any(|i| r.key == records_key(i))
+    }) {
+        codec.decode(&r.value).await.unwrap_or_else(|e| {
+            panic!("a command committed after the registry lost its schemas does not decode: {e}")
+        });
+        after += 1;
+    }
+    assert_eq!(after, 20);
+    drop(registry);
+    common::cleanup_plan(&s).await;
+}
+
+/// The entity key (the record key) of lead `F-i`.
+fn records_key(i: usize) -> String {
+    common::lead(&format!("F-{i}"), &format!("f{i}@x.io"))
+        .entity_key()
+        .unwrap()
+}

@@ -190,8 +190,10 @@ pub struct AvroCodec {
     encoders: Mutex<HashMap<String, Arc<AvroEncoder>>>,
     decoder: AvroDecoder,
     auto_register: bool,
-    /// Confirms each encoded record's schema id (ingest's codec).
-    verifier: Option<ids::Verifier>,
+    /// Confirms schema ids with the registry: each encoded record's (ingest's codec,
+    /// `verify_each`), or a batch's before it is committed ([`AvroCodec::confirm`]).
+    verifier: ids::Verifier,
+    verify_each: bool,
 }
 
 impl AvroCodec {
@@ -209,7 +211,8 @@ impl AvroCodec {
             encoders: Mutex::new(HashMap::new()),
             decoder: AvroDecoder::new(sr),
             auto_register: settings.auto_register,
-            verifier: None,
+            verifier: ids::Verifier::new(&settings.url),
+            verify_each: false,
         })
     }
 
@@ -218,9 +221,35 @@ impl AvroCodec {
     /// writes.
     pub fn verifying(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
         Ok(AvroCodec {
-            verifier: Some(ids::Verifier::new(&settings.url)),
+            verify_each: true,
             ..AvroCodec::new(settings)?
         })
+    }
+
+    /// Confirms that the registry still has every schema id in `ids`, by lookups that start now
+    /// (one per id). For a stage that encodes a batch with cached ids and must not commit records
+    /// nobody could decode: an id the registry lost makes this codec forget its encoders, so the
+    /// batch encoded again registers the schema again, and the error is retriable.
+    pub async fn confirm(&self, ids: impl IntoIterator<Item = u32>) -> Result<(), CodecError> {
+        let at = tokio::time::Instant::now();
+        for id in ids {
+            if self.verifier.check(id, at).await? == ids::Check::Gone {
+                tracing::warn!(
+                    schema_id = id,
+                    "the schema registry no longer has a schema id this batch was encoded with; encoding it again"
+                );
+                self.encoders
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
+                return Err(CodecError::Encode {
+                    subject: format!("schema id {id}"),
+                    reason: "the registry no longer has it; the records are encoded again".into(),
+                    retriable: true,
+                });
+            }
+        }
+        Ok(())
     }
 
     fn encoder_for(&self, schema: &RecordSchema) -> Arc<AvroEncoder> {
@@ -267,9 +296,10 @@ impl AvroCodec {
                 retriable: false,
             });
         }
-        let Some(verifier) = &self.verifier else {
+        if !self.verify_each {
             return self.encode_once(topic, schema, value).await;
-        };
+        }
+        let verifier = &self.verifier;
         let bytes = self.encode_once(topic, schema, value.clone()).await?;
         let (id, _) = split_wire_format(&bytes)?;
         if verifier.check(id, tokio::time::Instant::now()).await? == ids::Check::Known {

@@ -14,11 +14,14 @@
 //!   record never blocks its partition.
 //! - An unreachable schema registry is not the record's fault: the batch is rewound and retried
 //!   after a pause, and nothing is dead-lettered for it.
+//! - No command is committed with a schema id the registry does not have: before the batch is
+//!   committed the registry confirms every id its commands were encoded with; a registry that lost
+//!   its schemas makes the batch be redone, registering them again.
 //! - A command inherits the event record's hop count and trace context headers, and carries the
 //!   event's `received_at`, so the dispatcher can pass them on and measure end-to-end latency.
 //! - A dead-lettered event is not remembered as seen, so a replay of it is processed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -26,7 +29,7 @@ use tokio::sync::watch;
 
 use crate::adapters::{Adapter, AdapterError};
 use crate::codec::catalog::Catalog;
-use crate::codec::{AvroCodec, Codec, CodecError};
+use crate::codec::{AvroCodec, Codec, CodecError, split_wire_format};
 use crate::config::Settings;
 use crate::dedupe::Change;
 use crate::kafka::names::{Names, Stage};
@@ -157,6 +160,20 @@ impl Work for Decide {
                 }
             }
         }
+        // The commands were encoded with cached schema ids: before they are committed, the
+        // registry confirms it still has them (a registry that lost its schemas would otherwise
+        // get commands nobody can decode). A lost id: the batch is redone and encoded anew.
+        let ids: BTreeSet<u32> = h
+            .outs
+            .iter()
+            .filter(|o| o.topic == self.outbox)
+            .filter_map(|o| split_wire_format(o.payload.as_deref()?).ok())
+            .map(|(id, _)| id)
+            .collect();
+        self.codec
+            .confirm(ids)
+            .await
+            .map_err(|e| BatchError::Transient(e.to_string()))?;
         Ok(h)
     }
 }
