@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{Running, await_caught_up, create_plan, doubles, lead, outbox_event_ids, publish};
-use onceflow::adapters::{self, Adapter, AdapterError};
+use onceflow::adapters::{Adapter, AdapterError};
 use onceflow::codec::catalog::Catalog;
 use onceflow::codec::{AvroCodec, Codec};
 use onceflow::config::{AdapterSettings, Settings};
@@ -28,20 +28,7 @@ use serde_json::json;
 
 const CATCH_UP: Duration = Duration::from_secs(90);
 
-fn crm(s: &Settings) -> Processor {
-    Processor::new(
-        s,
-        adapters::build("crm", &AdapterSettings::default()).unwrap(),
-    )
-    .unwrap()
-}
-
-async fn settings(instance: &str) -> Settings {
-    let mut s = common::settings();
-    s.processor.instance_id = instance.into();
-    create_plan(&s).await;
-    s
-}
+use common::{crm, processor_settings as settings};
 
 fn group(s: &Settings, adapter: &str) -> String {
     Names::new(s).group(adapter, Stage::Process)

@@ -271,12 +271,7 @@ async fn a_running_processor_never_commits_a_command_whose_schema_the_registry_l
             .map(|i| common::lead(&format!("F-{i}"), &format!("f{i}@x.io")))
             .collect()
     };
-    let processor = onceflow::processor::Processor::new(
-        &s,
-        onceflow::adapters::build("crm", &onceflow::config::AdapterSettings::default()).unwrap(),
-    )
-    .unwrap();
-    let running = common::Running::start(processor);
+    let running = common::Running::start(common::crm(&s));
     common::publish(&s, leads(0)).await;
     let limit = std::time::Duration::from_secs(90);
     common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;

@@ -46,20 +46,7 @@ fn sample(series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-fn crm(s: &Settings) -> Processor {
-    Processor::new(
-        s,
-        adapters::build("crm", &AdapterSettings::default()).unwrap(),
-    )
-    .unwrap()
-}
-
-async fn settings(instance: &str) -> Settings {
-    let mut s = common::settings();
-    s.processor.instance_id = instance.into();
-    create_plan(&s).await;
-    s
-}
+use common::{crm, processor_settings as settings};
 
 fn group(s: &Settings) -> String {
     Names::new(s).group("crm", Stage::Process)

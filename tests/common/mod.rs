@@ -475,6 +475,24 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A crm processor of `settings`.
+pub fn crm(settings: &Settings) -> onceflow::processor::Processor {
+    onceflow::processor::Processor::new(
+        settings,
+        onceflow::adapters::build("crm", &onceflow::config::AdapterSettings::default()).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Settings under a fresh namespace for a processor instance `instance`, with every planned topic
+/// created.
+pub async fn processor_settings(instance: &str) -> Settings {
+    let mut s = settings();
+    s.processor.instance_id = instance.into();
+    create_plan(&s).await;
+    s
+}
+
 /// A processor running in this process; `stop` ends it and returns its counts.
 pub struct Running {
     stop: tokio::sync::watch::Sender<bool>,
