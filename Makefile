@@ -15,7 +15,11 @@ export ONCEFLOW_WEBHOOK_SECRET ?= whsec_c2FuZGJveC13ZWJob29rLXNlY3JldA==
 export ONCEFLOW_SANDBOX_WEBHOOK_SECRET ?= $(ONCEFLOW_WEBHOOK_SECRET)
 export ONCEFLOW_CONSOLE_TOKEN ?= dev-console-token
 
-.PHONY: demo test build lint stack-up stack-down stack-status
+.PHONY: demo test build lint stack-up stack-down stack-status fuzz
+
+# Seconds per fuzz target: `make test` runs each briefly, `make fuzz` longer (fuzz/README.md).
+FUZZ_SHORT_SECONDS ?= 5
+FUZZ_SECONDS ?= 60
 
 ## demo: start the local stack, create the topics, run the pipeline on sample events.
 demo: stack-up build
@@ -37,10 +41,12 @@ demo: stack-up build
 	$(BIN) demo providers; \
 	echo "== operator console: run 'make console', open http://127.0.0.1:8090 and log in with the token $$ONCEFLOW_CONSOLE_TOKEN"
 
-## test: start the local stack (if down) and run every test; prints the total at the end.
+## test: start the local stack (if down) and run every test, then each fuzz target for
+## FUZZ_SHORT_SECONDS (fuzz/run); prints the total at the end.
 test: stack-up
 	@mkdir -p target
 	@status=0; cargo test --locked --workspace --no-fail-fast 2>&1 | tee target/test.log || status=$$?; \
+	FUZZ_SECONDS=$(FUZZ_SHORT_SECONDS) fuzz/run 2>&1 | tee target/fuzz.log || status=$$?; \
 	awk '/^test result:/ { p += $$4; f += $$6; i += $$8 } \
 	     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, i }' target/test.log; \
 	exit $$status
@@ -84,3 +90,16 @@ bench-delivery: stack-up
 .PHONY: bench-processor
 bench-processor:
 	bench/processor
+
+## fuzz: every fuzz target for FUZZ_SECONDS (default 60) each, from the committed seeds and what
+## earlier runs kept (fuzz/README.md). Needs no stack.
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) fuzz/run
+
+## chaos: the long chaos run (README "Chaos"): CHAOS_EVENTS (default 1000000) signed webhooks at
+## CHAOS_RATE/s through the release binaries on the three-broker cluster under broker, registry
+## and stage faults; prints the fault schedule and the figures, fails on any loss or duplicate.
+## Stops the cluster at the end. Not part of `make test` (tests/chaos.rs is the short version).
+.PHONY: chaos
+chaos: stack-up
+	nice -n 10 cargo bench --locked --bench chaos
