@@ -21,7 +21,7 @@
 //!   work had effects outside Kafka (the dispatcher's calls) therefore never redoes them because of
 //!   a transient commit failure. A fatal error (fenced by a newer instance, or a producer gone bad)
 //!   drops the producer and the consumer, and the loop rejoins with fresh ones; it never exits the
-//!   process.
+//!   process (only a newer process of the same instance makes it stop, below).
 //! - A record on a retry topic that is not yet due pauses only its own partition (rewound to that
 //!   record) until its `not_before`; every other partition keeps flowing. A paused partition
 //!   that is revoked and later assigned again is resumed (librdkafka would keep it paused with
