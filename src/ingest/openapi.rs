@@ -49,6 +49,27 @@ fn record_schema(r: &apache_avro::schema::RecordSchema, skip: &[&str]) -> Json {
     json!({"type": "object", "properties": properties, "required": required, "additionalProperties": false})
 }
 
+/// A request body the intake accepts, for each type (the schema and the type's rules): the
+/// document's `examples`, which readers copy and schema-based fuzzers start from.
+fn example(t: EventType) -> Json {
+    let data = match t {
+        EventType::LeadCaptured => json!({"email": "ada@example.com", "form_id": "contact-sales"}),
+        EventType::ContentPublished => json!({"content_id": "post-1", "title": "Exactly once",
+            "url": "https://blog.example.com/exactly-once"}),
+        EventType::CampaignTriggered => {
+            json!({"campaign_id": "nurture", "recipient_email": "ada@example.com",
+            "template_id": "day-2", "scheduled_at": "2026-11-24T09:00:00Z"})
+        }
+        EventType::InvoiceRequested => {
+            json!({"customer_id": "cus_1", "customer_email": "billing@example.com",
+            "currency": "EUR", "amount_minor": 2500, "description": "Pro plan",
+            "due_at": "2026-12-23T00:00:00Z"})
+        }
+    };
+    json!({"type": t.name(), "id": format!("example-{}", t.schema_name()),
+           "occurred_at": "2026-11-23T09:14:03Z", "data": data})
+}
+
 fn error_response(description: &str) -> Json {
     json!({"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
 }
@@ -74,6 +95,7 @@ pub fn document(catalog: &Catalog) -> Json {
             },
             "required": ["type", "data"],
             "additionalProperties": false,
+            "examples": [example(t)],
         }));
     }
     json!({
@@ -160,5 +182,25 @@ mod tests {
             !required.contains(&"first_name"),
             "fields with defaults are optional"
         );
+    }
+
+    #[test]
+    fn every_example_is_an_event_the_intake_accepts() {
+        let catalog = Catalog::builtin().unwrap();
+        for t in EventType::ALL {
+            let example = example(t);
+            let (version, schema) = catalog.latest(t.schema_name()).unwrap();
+            let mut event = crate::model::Event::new(
+                t,
+                "demo",
+                example["id"].as_str(),
+                0,
+                example["data"].as_object().unwrap().clone(),
+                None,
+            );
+            if let Err(e) = event.to_avro(schema, version) {
+                panic!("{t} example refused: {e}");
+            }
+        }
     }
 }
