@@ -1,0 +1,176 @@
+//! The onceflow processes of a chaos run: one `onceflow ingest`, and per adapter one
+//! `onceflow process` and one `onceflow deliver`, each with a stable `--instance` (so a restart
+//! fences its own zombie), started from the binary Cargo built for this target (release for the
+//! bench, debug for the test) or `CHAOS_ONCEFLOW_BIN`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The HMAC secret of the run's webhook source.
+pub const SECRET: &str = "chaos-secret";
+/// The API key the provider sandboxes expect.
+pub const API_KEY: &str = "chaos-key";
+/// The webhook source's name.
+pub const SOURCE: &str = "chaos";
+
+/// One long-running onceflow process.
+pub struct Proc {
+    /// `ingest`, `process:crm`, `deliver:billing`, …
+    pub name: String,
+    args: Vec<String>,
+    metrics_env: Option<(&'static str, u16)>,
+    child: Option<Child>,
+    /// How often it was started.
+    pub runs: usize,
+}
+
+/// Every onceflow process of the run.
+pub struct Fleet {
+    dir: PathBuf,
+    config: PathBuf,
+    bin: PathBuf,
+    /// The processes; `procs[0]` is ingest.
+    pub procs: Vec<Proc>,
+}
+
+fn bin() -> PathBuf {
+    std::env::var_os("CHAOS_ONCEFLOW_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_onceflow")))
+}
+
+impl Fleet {
+    /// The processes of `adapters` over the settings file `config`; logs go to `dir`. `ports`
+    /// hands out free loopback ports (each stage's metrics listener).
+    pub fn new(
+        dir: &Path,
+        config: &Path,
+        adapters: &[&str],
+        mut ports: impl FnMut() -> u16,
+    ) -> Fleet {
+        let mut procs = vec![Proc {
+            name: "ingest".into(),
+            args: vec!["ingest".into()],
+            metrics_env: None,
+            child: None,
+            runs: 0,
+        }];
+        for stage in ["process", "deliver"] {
+            for a in adapters {
+                let var = if stage == "process" {
+                    "ONCEFLOW__PROCESSOR__METRICS_LISTEN"
+                } else {
+                    "ONCEFLOW__DISPATCHER__METRICS_LISTEN"
+                };
+                procs.push(Proc {
+                    name: format!("{stage}:{a}"),
+                    args: [stage, "--adapter", a, "--instance", "chaos-0"]
+                        .map(String::from)
+                        .to_vec(),
+                    metrics_env: Some((var, ports())),
+                    child: None,
+                    runs: 0,
+                });
+            }
+        }
+        Fleet {
+            dir: dir.to_path_buf(),
+            config: config.to_path_buf(),
+            bin: bin(),
+            procs,
+        }
+    }
+
+    /// Starts process `i`.
+    pub fn start(&mut self, i: usize) {
+        let p = &mut self.procs[i];
+        let log = self
+            .dir
+            .join(format!("{}-{}.log", p.name.replace(':', "-"), p.runs));
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--config")
+            .arg(&self.config)
+            .args(["--log-format", "json"])
+            .args(&p.args)
+            .env("RUST_LOG", "onceflow=warn")
+            .env("CHAOS_SOURCE_SECRET", SECRET)
+            .env("CHAOS_API_KEY", API_KEY)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(&log).expect("a log file"),
+            ));
+        if let Some((var, port)) = p.metrics_env {
+            cmd.env(var, format!("127.0.0.1:{port}"));
+        }
+        // The variables the mutation runs set reach the stages (ONCEFLOW_TEST_FAULT …);
+        // everything else ONCEFLOW__* would silently change the run's settings.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("ONCEFLOW__") && !k.ends_with("METRICS_LISTEN") {
+                cmd.env_remove(k);
+            }
+        }
+        p.child = Some(cmd.spawn().expect("onceflow starts"));
+        p.runs += 1;
+    }
+
+    /// Starts every process.
+    pub fn start_all(&mut self) {
+        for i in 0..self.procs.len() {
+            self.start(i);
+        }
+    }
+
+    /// SIGKILLs process `i` (no clean-up, transactions and calls left open) and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.procs[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Processes that exited by themselves since the last look: (index, exit status). The caller
+    /// restarts them and records it (a stage that stops on its own is worth a line in the report).
+    pub fn exited(&mut self) -> Vec<(usize, String)> {
+        let mut out = Vec::new();
+        for (i, p) in self.procs.iter_mut().enumerate() {
+            if let Some(c) = p.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                out.push((i, status.to_string()));
+                p.child = None;
+            }
+        }
+        out
+    }
+
+    /// SIGTERM to every process, SIGKILL to those still running after `grace`.
+    pub fn stop_all(&mut self, grace: Duration) {
+        for p in &self.procs {
+            if let Some(c) = &p.child {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &c.id().to_string()])
+                    .status();
+            }
+        }
+        let deadline = Instant::now() + grace;
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for i in 0..self.procs.len() {
+            self.kill(i);
+        }
+    }
+}
