@@ -37,6 +37,15 @@ fn recorder() -> &'static metrics_exporter_prometheus::PrometheusHandle {
     })
 }
 
+/// With `DEBUG_LOG` set, the stages' logs on stderr (`-- --nocapture`).
+fn logs() {
+    if std::env::var("DEBUG_LOG").is_ok() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("DEBUG_LOG").unwrap_or_default())
+            .try_init();
+    }
+}
+
 /// The value of the sample `series` (`name{labels}` as rendered), 0 when absent.
 fn sample(series: &str) -> f64 {
     recorder()
@@ -157,7 +166,19 @@ async fn a_reset_to_earliest_is_deduplicated_within_the_ttl_and_decided_again_be
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_started_twice_the_newer_fences_the_older_which_stops_and_nothing_doubles() {
-    let s = settings("twice").await;
+    started_twice(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_static_membership_one_of_two_processes_of_one_instance_stops_and_nothing_doubles() {
+    // Here each also takes the other's group.instance.id when it (re)joins.
+    started_twice(true).await;
+}
+
+async fn started_twice(static_membership: bool) {
+    logs();
+    let mut s = settings("twice").await;
+    s.processor.static_membership = static_membership;
     publish(&s, leads("TW", 40)).await;
     let older = Running::start(crm(&s));
     await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
@@ -166,27 +187,41 @@ async fn an_instance_started_twice_the_newer_fences_the_older_which_stops_and_no
     let newer = Running::start(crm(&s));
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     let mut n = 0;
-    while !older.is_finished() {
+    while !older.is_finished() && !newer.is_finished() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the older process is still running"
+            "both processes of the instance are still running"
         );
         publish(&s, leads(&format!("TW{n}-"), 5)).await;
         n += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    match older.finish().await {
+    // Dynamic membership: the older stops. Static: whichever was fenced by the other's
+    // group.instance.id (the member list cannot tell them apart there).
+    let (stopped, survivor) = if older.is_finished() {
+        (older, newer)
+    } else {
+        assert!(
+            static_membership,
+            "the newer process stopped, not the older"
+        );
+        (newer, older)
+    };
+    match stopped.finish().await {
         Err(onceflow::processor::ProcessError::Stage(
             onceflow::stage::StageError::Superseded { instance, by },
         )) => {
             assert_eq!(instance, "twice");
-            assert!(by.contains(".crm.process.twice."), "{by}");
+            if !static_membership {
+                assert!(by.contains(".crm.process.twice."), "{by}");
+            }
         }
-        other => panic!("the older process should stop as superseded: {other:?}"),
+        other => panic!("one process should stop as superseded: {other:?}"),
     }
     publish(&s, leads("TWLAST", 10)).await;
     await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
-    let counts = newer.stop().await;
+    assert!(!survivor.is_finished(), "the other process keeps running");
+    let counts = survivor.stop().await;
     let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
     assert_eq!(doubles(&ids), vec![], "{counts:?}");
     assert_eq!(ids.len(), 40 + 5 * n + 10, "{counts:?}");
@@ -197,11 +232,7 @@ async fn an_instance_started_twice_the_newer_fences_the_older_which_stops_and_no
 async fn a_zombie_transaction_holding_the_last_stable_offset_delays_restore_and_reads_by_at_most_its_timeout()
  {
     recorder();
-    if std::env::var("DEBUG_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("onceflow=debug")
-            .try_init();
-    }
+    logs();
     let mut s = common::settings();
     s.processor.instance_id = "zombie".into();
     s.adapters

@@ -10,8 +10,15 @@
 //! (the broker timed the transaction out, or a lone producer borrowed the id) is followed by a
 //! rejoin, as before.
 //!
-//! Invariant: a process never stops for a member that is itself or older; of two processes of one
-//! instance, the older one stops once it has been fenced and has seen the newer one join.
+//! With static membership the member list cannot tell: a member's entry keeps the client id of the
+//! process that first joined with its `group.instance.id` when another takes it over. There, a
+//! process stops when its consumer is fenced by another member of its `group.instance.id`, or when
+//! its producer is fenced a second time within [`FENCED_TWICE`] of a first fence: two processes
+//! fence each other in turn, and the first fenced twice (the older) stops.
+//!
+//! Invariant: with dynamic membership a process never stops for a member that is itself or older;
+//! of two processes of one instance, the older one stops once it has been fenced and has seen the
+//! newer one join. Either way one of them stops and nothing is written twice.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -21,6 +28,8 @@ use rdkafka::error::KafkaError;
 use crate::config::KafkaSettings;
 use crate::kafka::client::{self, Isolation, StartAt};
 
+/// Static membership: a process fenced a second time within this long after a first fence stops.
+pub const FENCED_TWICE: Duration = Duration::from_secs(60);
 /// How long a fenced session looks for a newer process of its instance before it rejoins.
 pub const LOOK_FOR: Duration = Duration::from_secs(10);
 const EVERY: Duration = Duration::from_millis(500);
@@ -73,6 +82,8 @@ pub fn newer_member(
     let deadline = std::time::Instant::now() + LOOK_FOR;
     loop {
         let list = c.fetch_group_list(Some(group), TIMEOUT)?;
+        tracing::debug!(group, members = ?list.groups().iter().flat_map(|g| g.members())
+            .map(|m| m.client_id()).collect::<Vec<_>>(), "looking for a newer process of this instance");
         let newer =
             list.groups().iter().flat_map(|g| g.members()).find(|m| {
                 incarnation_of(prefix, m.client_id()).is_some_and(|theirs| theirs > ours)

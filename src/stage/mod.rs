@@ -31,8 +31,10 @@
 //!   transaction commits each partition's offset up to its first deferred record, and the partition
 //!   is rewound there. Records after it that were handled anyway are committed with their store
 //!   changes, so when they are read again the store recognises them.
-//! - Of two processes started with the same instance (one transactional id), the newer one keeps
-//!   it: the older, once fenced and having seen the newer join, stops ([`instance`]).
+//! - Of two processes started with the same instance (one transactional id), one stops and the
+//!   other keeps it: with dynamic membership the older, once fenced and having seen the newer
+//!   join; with static membership whichever consumer is fenced by the other's
+//!   `group.instance.id` ([`instance`]).
 //! - Store changes reach memory only after their transaction committed; a work may commit changes
 //!   ahead of the batch ([`BatchCx::precommit`], the dispatcher's "attempting" marks) in a
 //!   transaction of their own, without offsets.
@@ -80,6 +82,9 @@ pub enum SessionError {
     /// A blocking task failed.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// Static membership: another consumer joined with this instance's `group.instance.id`.
+    #[error("fenced by another consumer of this instance's group.instance.id: {0}")]
+    InstanceFenced(String),
 }
 
 impl SessionError {
@@ -317,16 +322,39 @@ impl<W: Work> Runner<W> {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<Counts, StageError> {
         let mut counts = Counts::default();
         let stage = self.spec.stage.as_str();
+        let mut last_fence: Option<std::time::Instant> = None;
         while !*shutdown.borrow() {
             match session::run(self, &mut shutdown, &mut counts).await {
                 Ok(()) => break,
                 Err(e) => {
-                    if e.is_fenced()
-                        && let Some(by) = self.newer_member().await
-                    {
-                        let instance = self.loop_settings.instance_id.clone();
+                    let instance = self.loop_settings.instance_id.clone();
+                    let by = match &e {
+                        SessionError::InstanceFenced(_) => {
+                            Some("a consumer with this instance's group.instance.id".to_string())
+                        }
+                        e if e.is_fenced() && !self.loop_settings.static_membership => {
+                            self.newer_member().await
+                        }
+                        // A static member's entry keeps its first client id when another
+                        // process takes it over, so the member list tells nothing there: two
+                        // processes fence each other in turn, and the first fenced twice within
+                        // the window (the older) stops.
+                        e if e.is_fenced() => {
+                            let again =
+                                last_fence.is_some_and(|t| t.elapsed() < instance::FENCED_TWICE);
+                            last_fence = Some(std::time::Instant::now());
+                            again.then(|| {
+                                format!(
+                                    "another process of this instance (fenced twice within {:?})",
+                                    instance::FENCED_TWICE
+                                )
+                            })
+                        }
+                        _ => None,
+                    };
+                    if let Some(by) = by {
                         tracing::error!(adapter = self.adapter(), stage, %instance, newer = %by,
-                            "fenced by a newer process of the same instance; stopping");
+                            "fenced by another process of the same instance; stopping");
                         return Err(StageError::Superseded { instance, by });
                     }
                     counts.rejoins += 1;

@@ -221,6 +221,12 @@ impl<W: Work> Session<'_, W> {
                 Ok(Err(e))
                     if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) =>
                 {
+                    // Static membership: another consumer took this instance's group.instance.id.
+                    if let Some((rdkafka::types::RDKafkaErrorCode::FencedInstanceId, reason)) =
+                        self.consumer.client().fatal_error()
+                    {
+                        return Err(SessionError::InstanceFenced(reason));
+                    }
                     return Err(e.into());
                 }
                 Ok(Err(e)) => {
