@@ -536,3 +536,88 @@ async fn a_command_carries_the_events_hop_count_trace_and_receipt_time() {
     );
     common::cleanup_plan(&s).await;
 }
+
+/// A record whose header name is not UTF-8 (Kafka allows it; kcat and Go clients write it)
+/// crashed any stage that touched its headers, rdkafka panicking in `try_get`, and crashed it
+/// again after every restart. It is dead-lettered with its reason, the readable headers kept, and
+/// the records around it flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_crash() {
+    let s = settings("badheader").await;
+    let names = Names::new(&s);
+    let input = s.topics.inputs[0].clone();
+    let codec = AvroCodec::new(&s.registry).unwrap();
+    let producer: FutureProducer = client::producer(&s.kafka, "test.badheader")
+        .create()
+        .unwrap();
+    let send = |value: Vec<u8>| {
+        let (producer, input) = (producer.clone(), input.clone());
+        async move {
+            producer
+                .send(
+                    FutureRecord::<(), _>::to(&input)
+                        .partition(0)
+                        .payload(&value),
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    send(encoded(&s, &codec, lead("H-1", "h1@x.io")).await).await;
+    // kcat writes the header name's bytes as they are: 0xff 0xfe is no UTF-8.
+    let mut kcat = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/kcat"),
+    )
+    .args([
+        "-b",
+        &s.kafka.bootstrap_servers,
+        "-t",
+        &input,
+        "-p",
+        "0",
+        "-P",
+    ])
+    .arg("-H")
+    .arg(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff\xfe=v"))
+    .args(["-H", "test.what=bad header"])
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = kcat.stdin.take().unwrap();
+        stdin.write_all(b"not an event either").unwrap();
+    }
+    let out = kcat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kcat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    send(encoded(&s, &codec, lead("H-2", "h2@x.io")).await).await;
+
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
+    let counts = running.stop().await;
+    assert_eq!((counts.tally.ok, counts.tally.dlq), (2, 1), "{counts:?}");
+    let (s2, dlq) = (s.clone(), names.dlq("crm", Stage::Process));
+    let dead = tokio::task::spawn_blocking(move || dead_letters(&s2, &dlq))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1);
+    let (value, headers, _) = &dead[0];
+    let env = ErrorEnvelope::read(Some(headers)).unwrap();
+    assert_eq!(env.class, ErrorClass::Decode);
+    assert!(env.message.contains("not UTF-8"), "{}", env.message);
+    assert_eq!(env.origin.offset, 1);
+    assert_eq!(value, b"not an event either");
+    assert_eq!(
+        onceflow::model::headers::get(Some(headers), "test.what").as_deref(),
+        Some("bad header"),
+        "the readable headers are kept"
+    );
+    common::cleanup_plan(&s).await;
+}

@@ -1,11 +1,13 @@
 //! Everything that knows Kafka: client configs ([`client`], the only home of librdkafka keys), topic
 //! and group names ([`names`], the only place that formats them), topic administration ([`admin`]),
-//! reading a topic to its end ([`scan`]) and the transactional loop helpers ([`txn`]).
+//! reading a topic to its end ([`scan`]), the transactional loop helpers ([`txn`]) and records whose
+//! header names rdkafka cannot read ([`headers`]).
 //!
 //! Invariant: code outside this module never builds a `ClientConfig` or formats a topic name.
 
 pub mod admin;
 pub mod client;
+pub mod headers;
 pub mod names;
 pub mod scan;
 pub mod txn;

@@ -31,6 +31,9 @@
 //!   transaction commits each partition's offset up to its first deferred record, and the partition
 //!   is rewound there. Records after it that were handled anyway are committed with their store
 //!   changes, so when they are read again the store recognises them.
+//! - A record with a header name rdkafka cannot read (not UTF-8) never reaches the work, whose
+//!   every header access would panic: its readable headers are kept and it goes to the DLQ, class
+//!   `decode`, with the reason ([`crate::kafka::headers`]).
 //! - Of two processes started with the same instance (one transactional id), one stops and the
 //!   other keeps it: with dynamic membership the older, once fenced and having seen the newer
 //!   join; with static membership whichever consumer is fenced by the other's

@@ -15,7 +15,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use super::commit::{self, BatchCx, changelog_out};
+use super::commit::{self, BatchCx, Failure, Routed, changelog_out};
 use super::context::StageContext;
 use super::fault::Point;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
@@ -24,7 +24,7 @@ use crate::dedupe::{Store, restore};
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
-use crate::model::headers::ErrorEnvelope;
+use crate::model::headers::{ErrorClass, ErrorEnvelope};
 
 /// How often librdkafka reports statistics (lag) to the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -50,6 +50,8 @@ struct Session<'r, W: Work> {
     batch_no: u64,
     last_sweep: Instant,
     last_depth: Option<Instant>,
+    /// Records collected with header names rdkafka cannot read (dropped): how many, per record.
+    unreadable: HashMap<(String, i32, i64), usize>,
 }
 
 /// Runs one session until shutdown (Ok) or a fatal error (Err: the caller rejoins).
@@ -86,6 +88,7 @@ pub(super) async fn run<W: Work>(
         batch_no: 0,
         last_sweep: Instant::now(),
         last_depth: None,
+        unreadable: HashMap::new(),
     };
     r.readiness.set(true);
     let result = s.run(shutdown, counts).await;
@@ -214,7 +217,12 @@ impl<W: Work> Session<'_, W> {
             match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => break,
                 Ok(Ok(m)) => {
-                    batch.push(m.detach());
+                    let (m, dropped) = crate::kafka::headers::readable(m.detach());
+                    if dropped > 0 {
+                        self.unreadable
+                            .insert((m.topic().to_string(), m.partition(), m.offset()), dropped);
+                    }
+                    batch.push(m);
                     deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + settings.batch_max);
                 }
@@ -389,6 +397,8 @@ impl<W: Work> Session<'_, W> {
         // Records of a partition paused by an earlier batch that were fetched before the pause:
         // not handled now, so their partition is rewound to the first of them.
         let mut fetched_while_paused: BTreeMap<(String, i32), i64> = BTreeMap::new();
+        // Records whose headers could not all be read: dead-lettered by the stage itself.
+        let mut unreadable: Vec<(&OwnedMessage, usize)> = Vec::new();
         for m in batch {
             let tp = (m.topic().to_string(), m.partition());
             if paused_now.contains(&tp) {
@@ -397,6 +407,10 @@ impl<W: Work> Session<'_, W> {
             if self.paused.contains_key(&tp) {
                 let first = fetched_while_paused.entry(tp).or_insert(m.offset());
                 *first = (*first).min(m.offset());
+                continue;
+            }
+            if let Some(dropped) = self.unreadable.remove(&(tp.0.clone(), tp.1, m.offset())) {
+                unreadable.push((m, dropped));
                 continue;
             }
             let envelope = if r.retry_topics.iter().any(|t| t == m.topic()) {
@@ -416,7 +430,7 @@ impl<W: Work> Session<'_, W> {
             due.push(Due { msg: m, envelope });
         }
         self.seek(fetched_while_paused, false).await?;
-        if due.is_empty() {
+        if due.is_empty() && unreadable.is_empty() {
             return Ok(());
         }
 
@@ -435,6 +449,22 @@ impl<W: Work> Session<'_, W> {
             now,
         };
         let mut handled = r.work.handle(&due, &mut cx).await?;
+        for (m, dropped) in &unreadable {
+            let message = format!(
+                "{dropped} header name(s) are not UTF-8; rdkafka cannot read them, so they were dropped"
+            );
+            let failure = Failure {
+                class: ErrorClass::Decode,
+                message: &message,
+                retry_after: None,
+                correlation_id: None,
+                http_status: None,
+            };
+            match cx.fail(m, None, failure) {
+                Routed::Retry(out) | Routed::DeadLetter(out) => handled.outs.push(out),
+            }
+            handled.tally.dlq += 1;
+        }
 
         // Offsets: past every due record, but no further than a partition's first deferred one.
         let mut first_deferred: BTreeMap<(String, i32), i64> = BTreeMap::new();
@@ -445,6 +475,9 @@ impl<W: Work> Session<'_, W> {
             *e = (*e).min(*offset);
         }
         let mut tracker = OffsetTracker::new();
+        for (m, _) in &unreadable {
+            tracker.consumed(*m);
+        }
         for d in &due {
             let limit = first_deferred.get(&(d.msg.topic().to_string(), d.msg.partition()));
             if limit.is_none_or(|first| d.msg.offset() < *first) {
