@@ -18,7 +18,7 @@ a,ta=load(f"{out}/n/self.txt"); b,tb=load(f"{out}/2n/self.txt")
 def bucket(name):
     path, _, fn = name.partition(":")
     f = fn + "  @" + path
-    rules=[("malloc/free/realloc", r"malloc\.c|__rdl_alloc|__rdl_dealloc|__rust_alloc|__rust_dealloc|realloc|dealloc"),
+    rules=[("malloc/free/realloc", r"malloc\.c|^_?mi_|mimalloc|__rdl_alloc|__rdl_dealloc|__rust_alloc|__rust_dealloc|realloc|dealloc"),
            ("SHA-256 (entity key)", r"^sha2::|^<sha2"),
            ("SipHash (std HashMap)", r"hash::sip|hash_one|BuildHasher"),
            ("apache-avro", r"^apache_avro|^<apache_avro"),
