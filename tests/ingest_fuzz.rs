@@ -20,7 +20,7 @@ mod common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const SECRET: &str = "fuzz-secret";
 /// Requests schemathesis must at least send.
@@ -78,15 +78,7 @@ async fn schemathesis_finds_no_5xx_and_only_json_refusals() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ingest did not start: {}",
-            std::fs::read_to_string(&log_path).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::await_started(&http, &format!("{base}/healthz"), &log_path).await;
 
     let stats_path = dir.join("stats.json");
     let hooks = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/ingest_fuzz/hooks.py");

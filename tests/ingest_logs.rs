@@ -55,15 +55,7 @@ async fn logs_and_error_bodies_mask_pii_and_sigterm_exits_cleanly() {
 
     let base = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http.get(format!("{base}/healthz")).send().await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "ingest did not start: {}",
-            std::fs::read_to_string(&log_path).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::await_started(&http, &format!("{base}/healthz"), &log_path).await;
 
     let post = |body: String| {
         let http = http.clone();

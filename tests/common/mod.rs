@@ -526,3 +526,17 @@ impl Running {
         self.task.is_finished()
     }
 }
+
+/// Waits (30 s at most) until a server started by a test answers `url` at all; its log at `log`
+/// says why when it does not.
+pub async fn await_started(http: &reqwest::Client, url: &str, log: &std::path::Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(url).send().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the server did not start: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
