@@ -137,7 +137,8 @@ async fn nothing_but_healthz_without_the_token_and_no_cross_site_post() {
         .send()
         .await
         .unwrap();
-    assert_eq!(ok.status(), 200);
+    let status = ok.status();
+    assert_eq!(status, 200, "{}", ok.text().await.unwrap_or_default());
     let doc: serde_json::Value = http
         .get(format!("{base}/openapi.json"))
         .bearer_auth(TOKEN)

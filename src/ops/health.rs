@@ -7,6 +7,8 @@
 //!   except the breaker's state, which only a dispatcher knows: it is read from the Prometheus
 //!   endpoints listed in `console.metrics` (`unknown` when none answers for the adapter).
 //! - Reading never joins a group nor commits.
+//! - A stage whose read fails is read again (three reads in all) before the overview fails: the
+//!   console answers 503 only when Kafka keeps failing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +25,10 @@ use crate::model::headers::ErrorClass;
 
 const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
+/// Reads of one stage's health before the overview answers 503.
+const READ_ATTEMPTS: u32 = 3;
+/// Pause between two reads.
+const READ_PAUSE: Duration = Duration::from_millis(500);
 
 /// One adapter's stage.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -142,6 +148,23 @@ pub fn stage(settings: &Settings, adapter: &str, stage: Stage) -> Result<StageHe
     Ok(h)
 }
 
+/// [`stage`], asked again up to [`READ_ATTEMPTS`] times in all when Kafka fails: a read changes
+/// nothing, and a broker busy creating topics or electing a leader answers the next ask.
+fn stage_retried(settings: &Settings, adapter: &str, s: Stage) -> Result<StageHealth, KafkaError> {
+    let mut attempt = 1;
+    loop {
+        match stage(settings, adapter, s) {
+            Ok(h) => return Ok(h),
+            Err(e) if attempt < READ_ATTEMPTS => {
+                tracing::warn!(adapter, stage = s.as_str(), attempt, error = %e, "stage health read failed; asking again");
+                attempt += 1;
+                std::thread::sleep(READ_PAUSE);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// The health of every configured adapter's two stages (read concurrently).
 pub async fn overview(settings: &Settings) -> Result<Vec<StageHealth>, KafkaError> {
     let breakers = breakers(&settings.console.metrics).await;
@@ -149,7 +172,9 @@ pub async fn overview(settings: &Settings) -> Result<Vec<StageHealth>, KafkaErro
     for adapter in settings.adapter_names() {
         for s in Stage::ALL {
             let (set, a) = (settings.clone(), adapter.to_string());
-            tasks.push(tokio::task::spawn_blocking(move || stage(&set, &a, s)));
+            tasks.push(tokio::task::spawn_blocking(move || {
+                stage_retried(&set, &a, s)
+            }));
         }
     }
     let mut out = Vec::with_capacity(tasks.len());
