@@ -112,6 +112,7 @@ impl Chaos {
     pub fn restart_wedged(&self, name: &str, why: &str) {
         let mut fleet = self.fleet.lock().expect("fleet");
         if let Some(i) = fleet.procs.iter().position(|p| p.name == name) {
+            fleet.post_mortem(i);
             fleet.kill(i);
             fleet.start(i);
         }

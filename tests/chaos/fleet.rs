@@ -93,7 +93,10 @@ impl Fleet {
             .arg(&self.config)
             .args(["--log-format", "json"])
             .args(&p.args)
-            .env("RUST_LOG", "onceflow=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("CHAOS_LOG").unwrap_or_else(|_| "onceflow=warn".into()),
+            )
             .env("CHAOS_SOURCE_SECRET", SECRET)
             .env("CHAOS_API_KEY", API_KEY)
             .stdin(Stdio::null())
@@ -127,6 +130,38 @@ impl Fleet {
         if let Some(mut c) = self.procs[i].child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// What a wedged process `i` was doing, kept beside its log before it is killed: its metrics
+    /// (`<log>.metrics`) and every thread's stack (`<log>.stacks`, when gdb is installed).
+    pub fn post_mortem(&self, i: usize) {
+        let p = &self.procs[i];
+        let Some(c) = &p.child else { return };
+        let base = self.dir.join(format!(
+            "{}-{}.log",
+            p.name.replace(':', "-"),
+            p.runs.saturating_sub(1)
+        ));
+        if let Some((_, port)) = p.metrics_env
+            && let Ok(out) = Command::new("curl")
+                .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")])
+                .output()
+        {
+            let _ = std::fs::write(base.with_extension("metrics"), out.stdout);
+        }
+        if let Ok(out) = Command::new("gdb")
+            .args([
+                "-p",
+                &c.id().to_string(),
+                "-batch",
+                "-ex",
+                "thread apply all bt",
+            ])
+            .stdin(Stdio::null())
+            .output()
+        {
+            let _ = std::fs::write(base.with_extension("stacks"), out.stdout);
         }
     }
 

@@ -16,8 +16,9 @@
 //! `CHAOS_PAUSE_S` (SIGSTOP length, default 12), `CHAOS_BROKER_DOWN_S` (default 5),
 //! `CHAOS_PARTITIONS` (default 6), `CHAOS_DRAIN_S` (catch-up limit, default 900),
 //! `CHAOS_STALL_S` (a group's lag unchanged this long: its stage is wedged, default 120),
-//! `CHAOS_KEEP_CLUSTER=1` (leave the cluster up), `CHAOS_ONCEFLOW_BIN` (another onceflow binary),
-//! and to prove the checks can fail, `CHAOS_MUTATE`: `phantom` (the sender counts every 500th
+//! `CHAOS_LOG` (the stages' `RUST_LOG`, default `onceflow=warn`; a wedged stage's metrics and
+//! thread stacks are kept beside its log), `CHAOS_KEEP_CLUSTER=1` (leave the cluster up),
+//! `CHAOS_ONCEFLOW_BIN` (another onceflow binary), and to prove the checks can fail, `CHAOS_MUTATE`: `phantom` (the sender counts every 500th
 //! event accepted without sending it: losses), `expire_keys` (the sandbox clock jumps 25 h every
 //! second, so the providers forget idempotency keys and message ids: duplicate effects).
 
