@@ -332,9 +332,6 @@ impl<W: Work> Runner<W> {
                 Err(e) => {
                     let instance = self.loop_settings.instance_id.clone();
                     let by = match &e {
-                        SessionError::InstanceFenced(_) => {
-                            Some("a consumer with this instance's group.instance.id".to_string())
-                        }
                         e if e.is_fenced() && !self.loop_settings.static_membership => {
                             self.newer_member().await
                         }
@@ -342,7 +339,10 @@ impl<W: Work> Runner<W> {
                         // process takes it over, so the member list tells nothing there: two
                         // processes fence each other in turn, and the first fenced twice within
                         // the window (the older) stops.
-                        e if e.is_fenced() => {
+                        // The consumer's FencedInstanceId counts the same way: librdkafka also
+                        // raises it on its own, after a session timeout, when its rejoin replaced
+                        // the member a request still in flight was sent for.
+                        e if e.is_fenced() || matches!(e, SessionError::InstanceFenced(_)) => {
                             let again =
                                 last_fence.is_some_and(|t| t.elapsed() < instance::FENCED_TWICE);
                             last_fence = Some(std::time::Instant::now());

@@ -226,10 +226,12 @@ impl<W: Work> Session<'_, W> {
                     deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + settings.batch_max);
                 }
-                Ok(Err(e))
-                    if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::Fatal) =>
-                {
-                    // Static membership: another consumer took this instance's group.instance.id.
+                // A fatal error shows in the error's code as the underlying one
+                // (`FencedInstanceId`, not `Fatal`): ask the client whether it is fatal, since a
+                // consumer in that state never delivers again and the session would spin idle.
+                Ok(Err(e)) if self.consumer.client().fatal_error().is_some() => {
+                    // Static membership: a consumer joined with this instance's group.instance.id
+                    // (another process, or librdkafka's own rejoin after a session timeout).
                     if let Some((rdkafka::types::RDKafkaErrorCode::FencedInstanceId, reason)) =
                         self.consumer.client().fatal_error()
                     {
