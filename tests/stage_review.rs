@@ -93,7 +93,8 @@ async fn a_commit_that_times_out_is_asked_again_never_redone() {
     recorder();
     let s = settings("ctimeout").await;
     publish(&s, leads("CT", 60)).await;
-    // Batch 1's commit calls wait 1 ms: librdkafka answers "timed out" while the commit goes on.
+    // Batch 1's first commit call does not wait: librdkafka answers "timed out" while the commit
+    // goes on.
     let processor = crm(&s).with_fault(FaultPlan::at(Point::CommitTimesOut, 1));
     let running = Running::start(processor);
     await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
@@ -173,6 +174,66 @@ async fn an_instance_started_twice_the_newer_fences_the_older_which_stops_and_no
 async fn with_static_membership_one_of_two_processes_of_one_instance_stops_and_nothing_doubles() {
     // Here each also takes the other's group.instance.id when it (re)joins.
     started_twice(true).await;
+}
+
+/// A static member whose consumer is fenced (a consumer joined with its group.instance.id, as
+/// librdkafka's own rejoin does after a session timeout) gets a fatal error from librdkafka that
+/// carries `FencedInstanceId` as its code: the session must end and rejoin, not spin on a consumer
+/// that never delivers again (what wedged a dispatcher in the chaos run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_fenced_once_by_its_group_instance_id_rejoins_and_goes_on() {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    logs();
+    let mut s = settings("fenced").await;
+    s.processor.static_membership = true;
+    publish(&s, leads("FN", 20)).await;
+    let stage = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+
+    // Another consumer takes the instance's group.instance.id, then goes away.
+    let member = Names::new(&s).static_member("crm", Stage::Process, "fenced");
+    let intruder: BaseConsumer = onceflow::kafka::client::with_static_membership(
+        onceflow::kafka::client::consumer(
+            &s.kafka,
+            "test.intruder",
+            &group(&s),
+            Isolation::ReadCommitted,
+            onceflow::kafka::client::StartAt::Earliest,
+        ),
+        &member,
+    )
+    .create()
+    .unwrap();
+    let inputs: Vec<&str> = s.topics.inputs.iter().map(String::as_str).collect();
+    intruder.subscribe(&inputs).unwrap();
+    let joined = std::time::Instant::now() + Duration::from_secs(30);
+    while intruder.assignment().unwrap().count() == 0 {
+        assert!(
+            std::time::Instant::now() < joined,
+            "the intruder never joined"
+        );
+        let _ = intruder.poll(Duration::from_millis(100));
+    }
+    // The stage learns it was fenced at its next heartbeat, while idle (nothing to commit, so no
+    // transaction error would end its session instead).
+    let until = std::time::Instant::now() + Duration::from_secs(8);
+    while std::time::Instant::now() < until {
+        let _ = intruder.poll(Duration::from_millis(100));
+    }
+    drop(intruder);
+
+    publish(&s, leads("FNAFTER", 10)).await;
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    assert!(
+        !stage.is_finished(),
+        "fenced once, the stage rejoins and keeps running"
+    );
+    let counts = stage.stop().await;
+    assert!(counts.rejoins >= 1, "the fenced session ended: {counts:?}");
+    let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
+    assert_eq!(doubles(&ids), vec![], "{counts:?}");
+    assert_eq!(ids.len(), 30, "{counts:?}");
+    common::cleanup_plan(&s).await;
 }
 
 async fn started_twice(static_membership: bool) {

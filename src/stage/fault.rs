@@ -14,7 +14,8 @@
 //! first later batch that does;
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets;
-//! - `commit_times_out:N`: in batch N, the first commit calls wait 1 ms only, so librdkafka answers
+//! - `commit_times_out:N`: in batch N, the first commit call does not wait (a zero time-out; 1 ms
+//!   was sometimes enough for a loopback broker to answer), so librdkafka answers
 //!   with a time-out while the commit goes on in the background: the outcome is unknown to the
 //!   stage, as after a broker that stalled past the call's time-out.
 //!
