@@ -12,9 +12,10 @@
 //!
 //! With static membership the member list cannot tell: a member's entry keeps the client id of the
 //! process that first joined with its `group.instance.id` when another takes it over. There, a
-//! process stops when its consumer is fenced by another member of its `group.instance.id`, or when
-//! its producer is fenced a second time within [`FENCED_TWICE`] of a first fence: two processes
-//! fence each other in turn, and the first fenced twice (the older) stops.
+//! process stops when it is fenced a second time within [`FENCED_TWICE`] of a first fence, its
+//! consumer (by another member of its `group.instance.id`) or its producer: two processes fence
+//! each other in turn, and the first fenced twice (the older) stops. One consumer fence alone is
+//! followed by a rejoin: librdkafka raises one itself after a session timeout.
 //!
 //! Invariant: with dynamic membership a process never stops for a member that is itself or older;
 //! of two processes of one instance, the older one stops once it has been fenced and has seen the
