@@ -226,20 +226,20 @@ impl<W: Work> Session<'_, W> {
                     deadline
                         .get_or_insert_with(|| tokio::time::Instant::now() + settings.batch_max);
                 }
-                // A fatal error shows in the error's code as the underlying one
-                // (`FencedInstanceId`, not `Fatal`): ask the client whether it is fatal, since a
-                // consumer in that state never delivers again and the session would spin idle.
-                Ok(Err(e)) if self.consumer.client().fatal_error().is_some() => {
-                    // Static membership: a consumer joined with this instance's group.instance.id
-                    // (another process, or librdkafka's own rejoin after a session timeout).
-                    if let Some((rdkafka::types::RDKafkaErrorCode::FencedInstanceId, reason)) =
-                        self.consumer.client().fatal_error()
-                    {
-                        return Err(SessionError::InstanceFenced(reason));
-                    }
-                    return Err(e.into());
-                }
                 Ok(Err(e)) => {
+                    // A fatal error carries the underlying code (`FencedInstanceId`), not
+                    // `Fatal`: the client is asked, since a consumer in that state never
+                    // delivers again and the session would spin idle.
+                    match self.consumer.client().fatal_error() {
+                        // Static membership: a consumer joined with this instance's
+                        // group.instance.id (another process, or librdkafka's own rejoin after a
+                        // session timeout).
+                        Some((rdkafka::types::RDKafkaErrorCode::FencedInstanceId, reason)) => {
+                            return Err(SessionError::InstanceFenced(reason));
+                        }
+                        Some(_) => return Err(e.into()),
+                        None => {}
+                    }
                     debug!(error = %e, "consumer error (librdkafka retries)");
                     break;
                 }
