@@ -63,7 +63,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli::run(cli.command, settings)) {
+    let result = runtime.block_on(cli::run(cli.command, settings));
+    // Do not wait for blocking threads still running: one may be a librdkafka call that never
+    // returns (kafka::txn, STUCK_GRACE), abandoned by its stage.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("onceflow: {e:#}");

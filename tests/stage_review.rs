@@ -7,6 +7,10 @@
 //!   dropped as a duplicate; what it has forgotten (older than `processor.dedupe_ttl_ms`) is decided
 //!   again, with the same command ids
 //!   (`a_reset_to_earliest_is_deduplicated_within_the_ttl_and_decided_again_beyond_it`).
+//! - A transactional call that librdkafka never returns from (its `send_offsets_to_transaction`
+//!   after a coordinator was killed, #5456/#5511) is abandoned past its time-out: the session
+//!   rejoins and the batch is redone once
+//!   (`a_send_offsets_call_that_never_returns_is_abandoned_and_the_stage_goes_on`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
@@ -111,6 +115,29 @@ async fn a_commit_that_times_out_is_asked_again_never_redone() {
     let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
     assert_eq!(doubles(&ids), vec![], "{counts:?}");
     assert_eq!(ids.len(), 80, "{counts:?}");
+    common::cleanup_plan(&s).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_offsets_call_that_never_returns_is_abandoned_and_the_stage_goes_on() {
+    logs();
+    let mut s = settings("hang").await;
+    // The call is abandoned 5 s + STUCK_GRACE (10 s) after it began; it hangs for 65 s.
+    s.kafka.transaction_timeout = Duration::from_secs(5);
+    s.kafka.message_timeout = Duration::from_secs(4);
+    publish(&s, leads("HG", 30)).await;
+    let started = std::time::Instant::now();
+    let processor = crm(&s).with_fault(FaultPlan::at(Point::SendOffsetsHangs, 1));
+    let running = Running::start(processor);
+    // Abandoned at 15 s, the batch redone by the next session: well within 45 s. Had the stage
+    // waited for the call, nothing would be committed before 65 s.
+    await_caught_up(&s, &group(&s), &s.topics.inputs, Duration::from_secs(45)).await;
+    let took = started.elapsed();
+    let counts = running.stop().await;
+    assert!(counts.rejoins >= 1, "{counts:?}");
+    let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
+    assert_eq!(doubles(&ids), vec![], "{counts:?}");
+    assert_eq!(ids.len(), 30, "caught up after {took:?}: {counts:?}");
     common::cleanup_plan(&s).await;
 }
 

@@ -4,6 +4,13 @@
 //! Invariants:
 //! - `init_transactions`, `begin`, `send_offsets_to_transaction`, `commit` and `abort` block in
 //!   librdkafka; they always run on tokio's blocking pool, never on an async worker.
+//! - No stage waits on such a call for more than its time-out plus [`STUCK_GRACE`]. librdkafka
+//!   does not always honour the time-out: `send_offsets_to_transaction` can wait forever for a
+//!   group coordinator after one was killed (librdkafka #5456 and #5511, open in 2.12 and 2.14;
+//!   seen in the chaos run). Past the grace the call is abandoned as `Fatal`: the session ends and
+//!   its successor's producer, with the same transactional id, fences this one. The abandoned
+//!   producer stays alive with its blocked thread (it cannot be dropped under it); the process
+//!   does not wait for such threads when it exits.
 //! - Offsets sent with a transaction are the *next* offsets to read (last consumed + 1), per
 //!   partition, and carry the consumer's group metadata, so a zombie from an older generation is
 //!   fenced by the group coordinator (KIP-447).
@@ -100,6 +107,9 @@ pub fn classify(e: &KafkaError) -> TxErrorKind {
     }
 }
 
+/// How long past its own time-out a blocking transactional call may take before it is abandoned.
+pub const STUCK_GRACE: Duration = Duration::from_secs(10);
+
 /// A transactional producer. Cheap to clone; clones share one librdkafka producer.
 #[derive(Clone)]
 pub struct TxProducer {
@@ -132,17 +142,39 @@ impl TxProducer {
     where
         F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
     {
+        self.blocking_within(op, self.timeout, f).await
+    }
+
+    /// Runs `f` (given the producer and the transaction time-out) on the blocking pool, waiting
+    /// at most `call_timeout` (the time-out `f` passes to librdkafka) plus [`STUCK_GRACE`].
+    async fn blocking_within<F>(
+        &self,
+        op: &'static str,
+        call_timeout: Duration,
+        f: F,
+    ) -> Result<(), TxError>
+    where
+        F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         let timeout = self.timeout;
-        match tokio::task::spawn_blocking(move || f(&inner, timeout)).await {
-            Ok(result) => result.map_err(|e| TxError::new(op, e)),
+        let call = tokio::task::spawn_blocking(move || f(&inner, timeout));
+        let unusable = TxError {
+            op,
+            kind: TxErrorKind::Fatal,
+            source: KafkaError::Canceled,
+        };
+        match tokio::time::timeout(call_timeout + STUCK_GRACE, call).await {
+            Ok(Ok(result)) => result.map_err(|e| TxError::new(op, e)),
             // The closure panicked or the runtime is shutting down: nothing about the transaction is
             // known, so treat the producer as unusable.
-            Err(_) => Err(TxError {
-                op,
-                kind: TxErrorKind::Fatal,
-                source: KafkaError::Canceled,
-            }),
+            Ok(Err(_)) => Err(unusable),
+            Err(_) => {
+                tracing::error!(op, waited = ?(call_timeout + STUCK_GRACE),
+                    "librdkafka did not return from a transactional call within its time-out \
+                     (librdkafka #5456, #5511); abandoning this producer");
+                Err(unusable)
+            }
         }
     }
 
@@ -184,8 +216,18 @@ impl TxProducer {
     /// Commits the open transaction, waiting at most `timeout` for the outcome (a time-out leaves
     /// the commit going on in the background: ask again).
     pub async fn commit_within(&self, timeout: Duration) -> Result<(), TxError> {
-        self.blocking("commit_transaction", move |p, _| {
+        self.blocking_within("commit_transaction", timeout, move |p, _| {
             p.commit_transaction(timeout)
+        })
+        .await
+    }
+
+    /// Test hook (fault `send_offsets_hangs`): a `send_offsets_to_transaction` that does not
+    /// return for `hang`, as librdkafka's did after a coordinator was killed (#5456, #5511).
+    pub async fn send_offsets_hanging(&self, hang: Duration) -> Result<(), TxError> {
+        self.blocking("send_offsets_to_transaction", move |_, _| {
+            std::thread::sleep(hang);
+            Ok(())
         })
         .await
     }
@@ -194,6 +236,11 @@ impl TxProducer {
     pub async fn abort(&self) -> Result<(), TxError> {
         self.blocking("abort_transaction", |p, t| p.abort_transaction(t))
             .await
+    }
+
+    /// The time-out each blocking call passes to librdkafka (the transaction time-out).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// The underlying producer, for calls this wrapper does not cover.

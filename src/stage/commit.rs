@@ -10,6 +10,7 @@
 //!   and go to the origin's partition number of the next retry tier or of the DLQ.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{CommitMode, Consumer};
@@ -335,6 +336,10 @@ where
             kind: TxErrorKind::Abortable,
             source: e,
         })?;
+        if fault.hit(Point::SendOffsetsHangs, batch_no) {
+            tx.send_offsets_hanging(tx.timeout() + Duration::from_secs(60))
+                .await?;
+        }
         tx.send_offsets(offsets, group).await?;
         await_deliveries(deliveries).await
     };

@@ -11,13 +11,17 @@
 //! - `crash_after_commit:N`: right after the commit;
 //!
 //! each in batch N or, when batch N never gets that far (all its records deferred or paused), the
-//! first later batch that does;
+//! first later batch that does (batches are numbered over the whole run, across rejoins, so a
+//! fault that ends a session does not fire again in the next);
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets;
 //! - `commit_times_out:N`: in batch N, the first commit call does not wait (a zero time-out; 1 ms
 //!   was sometimes enough for a loopback broker to answer), so librdkafka answers
 //!   with a time-out while the commit goes on in the background: the outcome is unknown to the
-//!   stage, as after a broker that stalled past the call's time-out.
+//!   stage, as after a broker that stalled past the call's time-out;
+//! - `send_offsets_hangs:N`: in batch N, the call that sends the offsets to the transaction does
+//!   not return for the transaction time-out plus 60 s, as librdkafka's
+//!   `send_offsets_to_transaction` did in the chaos run after a coordinator was killed.
 //!
 //! Invariant: with the variable unset, [`FaultPlan::hit`] is always false.
 
@@ -34,6 +38,8 @@ pub enum Point {
     CrashAfterMarks,
     /// The commit call times out (its outcome unknown).
     CommitTimesOut,
+    /// The call sending the offsets hangs in librdkafka.
+    SendOffsetsHangs,
 }
 
 /// The fault to inject, if any.
@@ -58,6 +64,7 @@ impl FaultPlan {
                 "abort_before_commit" => Point::AbortBeforeCommit,
                 "crash_after_marks" => Point::CrashAfterMarks,
                 "commit_times_out" => Point::CommitTimesOut,
+                "send_offsets_hangs" => Point::SendOffsetsHangs,
                 _ => return None,
             };
             Some((point, n.parse().ok()?))
@@ -81,9 +88,10 @@ impl FaultPlan {
     /// time-out fires in batch N only.
     pub fn hit(&self, point: Point, batch: u64) -> bool {
         match self.fault {
-            Some((p @ (Point::AbortBeforeCommit | Point::CommitTimesOut), n)) => {
-                point == p && batch == n
-            }
+            Some((
+                p @ (Point::AbortBeforeCommit | Point::CommitTimesOut | Point::SendOffsetsHangs),
+                n,
+            )) => point == p && batch == n,
             Some((p, n)) => p == point && batch >= n,
             None => false,
         }

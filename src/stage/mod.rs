@@ -176,6 +176,8 @@ pub struct Counts {
     pub tally: Tally,
     /// Committed batches.
     pub batches: u64,
+    /// Batches begun, over every session of the run: the numbers test faults count.
+    pub begun: u64,
     /// Aborted transactions.
     pub aborts: u64,
     /// Sessions ended by a fatal or fencing error (each followed by a rejoin).

@@ -163,7 +163,8 @@ impl<W: Work> Session<'_, W> {
             if batch.is_empty() {
                 continue;
             }
-            self.batch_no += 1;
+            counts.begun += 1;
+            self.batch_no = counts.begun;
             match self.batch(&batch, counts).await {
                 Ok(()) => {}
                 Err(BatchError::Transient(reason)) => {
