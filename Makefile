@@ -85,6 +85,12 @@ console: stack-up build
 bench-delivery: stack-up
 	cargo bench --locked --bench delivery
 
+## bench-dedupe: the dedupe store's bytes a key at 1 M and 10 M keys (against the layout it had
+## before) and its restore rate from a changelog (against a bare consumer); bench/DEDUPE.md.
+.PHONY: bench-dedupe
+bench-dedupe: stack-up
+	cargo bench --locked --bench dedupe
+
 ## bench-processor: records/s of the processor (exactly-once) vs. the same loop at-least-once,
 ## Kafka Streams EOS v2 and Kafka's TransactionalMessageCopier (bench/PROCESSOR.md).
 .PHONY: bench-processor

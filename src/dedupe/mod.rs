@@ -15,10 +15,15 @@
 //!   high watermark taken before reading: while a zombie's transaction is open the read waits (the
 //!   last stable offset is held back), so entries committed after it are never missed. The wait is
 //!   bounded by the transaction timeout.
-//! - Entries older than the TTL are dropped on restore and tombstoned by [`Store::expired`] sweeps,
-//!   so the compacted changelog does not grow without bound.
+//! - An entry is remembered for at least the TTL and at most an eighth longer (it counts from the
+//!   end of its time slice, [`slices`]); entries past that are dropped on restore and tombstoned
+//!   by [`Store::expired`] sweeps, so the compacted changelog does not grow without bound.
+//! - Memory holds a canonical UUID key as 16 bytes and a dedupe entry as no bytes at all beyond
+//!   its slice ([`slices`]): under 40 bytes a key (`tests/dedupe_memory.rs`).
 //! - The changelog value of an entry is its [`Entry::encode`] text; a value that does not decode is
 //!   treated as a tombstone.
+
+mod slices;
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,10 +36,18 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::KafkaSettings;
 use crate::kafka::client::{self, Isolation, StartAt};
 
+pub use slices::{Partition, SLICES_PER_TTL};
+
 /// What a store keeps per key.
 pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
-    /// When the entry was written (epoch ms); the TTL counts from here.
+    /// What memory keeps of an entry besides its key and its time slice.
+    type Packed: Copy + std::fmt::Debug + Send + Sync + 'static;
+    /// When the entry was written (epoch ms); the TTL counts from the end of its slice.
     fn at(&self) -> i64;
+    /// The entry as memory keeps it.
+    fn pack(&self) -> Self::Packed;
+    /// The entry of `packed`, kept in the slice whose last millisecond is `slice_last_ms`.
+    fn unpack(packed: Self::Packed, slice_last_ms: i64) -> Self;
     /// The changelog value.
     fn encode(&self) -> String;
     /// The entry of a changelog value, if it is one.
@@ -42,10 +55,18 @@ pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
 }
 
 /// The dedupe store's entry: when an event was processed (epoch ms). Its changelog value is the
-/// decimal number.
+/// decimal number; memory keeps only its slice, so it reads back as the slice's last millisecond.
 impl Entry for i64 {
+    type Packed = ();
+
     fn at(&self) -> i64 {
         *self
+    }
+
+    fn pack(&self) {}
+
+    fn unpack((): (), slice_last_ms: i64) -> i64 {
+        slice_last_ms
     }
 
     fn encode(&self) -> String {
@@ -94,9 +115,9 @@ impl<E: Entry> Change<E> {
 
 /// The in-memory store of the partitions this instance owns.
 #[derive(Debug)]
-pub struct Store<E> {
+pub struct Store<E: Entry> {
     ttl_ms: i64,
-    partitions: HashMap<i32, HashMap<String, E>>,
+    partitions: HashMap<i32, Partition<E>>,
 }
 
 /// The processor's dedupe store: event id → when it was processed.
@@ -122,7 +143,7 @@ impl<E: Entry> Store<E> {
     }
 
     /// Installs a restored partition.
-    pub fn insert_partition(&mut self, partition: i32, entries: HashMap<String, E>) {
+    pub fn insert_partition(&mut self, partition: i32, entries: Partition<E>) {
         self.partitions.insert(partition, entries);
     }
 
@@ -131,33 +152,30 @@ impl<E: Entry> Store<E> {
         self.partitions.remove(&partition);
     }
 
-    /// The entry of `key` on `partition`, if written within the TTL before `now`.
-    pub fn get(&self, partition: i32, key: &str, now: i64) -> Option<&E> {
-        self.partitions
-            .get(&partition)
-            .and_then(|p| p.get(key))
-            .filter(|e| now.saturating_sub(e.at()) < self.ttl_ms)
+    /// The entry of `key` on `partition`, if it is remembered at `now`.
+    pub fn get(&self, partition: i32, key: &str, now: i64) -> Option<E> {
+        self.partitions.get(&partition)?.get(key, now)
     }
 
-    /// Whether `key` is present on `partition` within the TTL before `now`.
+    /// Whether `key` is remembered on `partition` at `now`.
     pub fn contains(&self, partition: i32, key: &str, now: i64) -> bool {
         self.get(partition, key, now).is_some()
     }
 
     /// Applies the changes of a committed transaction.
     pub fn apply(&mut self, changes: &[Change<E>]) {
+        let ttl_ms = self.ttl_ms;
         for c in changes {
             match c {
                 Change::Put {
                     partition,
                     key,
                     entry,
-                } => {
-                    self.partitions
-                        .entry(*partition)
-                        .or_default()
-                        .insert(key.clone(), entry.clone());
-                }
+                } => self
+                    .partitions
+                    .entry(*partition)
+                    .or_insert_with(|| Partition::new(ttl_ms))
+                    .put(key, entry),
                 Change::Forget { partition, key } => {
                     if let Some(p) = self.partitions.get_mut(partition) {
                         p.remove(key);
@@ -167,26 +185,28 @@ impl<E: Entry> Store<E> {
         }
     }
 
-    /// Tombstones for entries past the TTL at `now` (at most `limit`, to keep transactions small).
+    /// Tombstones for entries no longer remembered at `now` (at most `limit`, to keep
+    /// transactions small).
     pub fn expired(&self, now: i64, limit: usize) -> Vec<Change<E>> {
-        self.partitions
-            .iter()
-            .flat_map(|(p, entries)| {
+        let mut out = Vec::new();
+        for (p, entries) in &self.partitions {
+            let room = limit.saturating_sub(out.len());
+            if room == 0 {
+                break;
+            }
+            out.extend(
                 entries
-                    .iter()
-                    .filter(move |(_, e)| now.saturating_sub(e.at()) >= self.ttl_ms)
-                    .map(move |(key, _)| Change::Forget {
-                        partition: *p,
-                        key: key.clone(),
-                    })
-            })
-            .take(limit)
-            .collect()
+                    .expired(now, room)
+                    .into_iter()
+                    .map(|key| Change::Forget { partition: *p, key }),
+            );
+        }
+        out
     }
 
     /// Entries held, over all partitions.
     pub fn len(&self) -> usize {
-        self.partitions.values().map(HashMap::len).sum()
+        self.partitions.values().map(Partition::len).sum()
     }
 
     /// No entries.
@@ -227,10 +247,12 @@ pub fn restore<E: Entry>(
     ttl: Duration,
     now: i64,
     max_wait: Duration,
-) -> Result<HashMap<i32, HashMap<String, E>>, RestoreError> {
+) -> Result<HashMap<i32, Partition<E>>, RestoreError> {
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let mut out: HashMap<i32, HashMap<String, E>> =
-        partitions.iter().map(|p| (*p, HashMap::new())).collect();
+    let mut out: HashMap<i32, Partition<E>> = partitions
+        .iter()
+        .map(|p| (*p, Partition::new(ttl_ms)))
+        .collect();
     if partitions.is_empty() {
         return Ok(out);
     }
@@ -274,19 +296,13 @@ pub fn restore<E: Entry>(
             let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                 continue;
             };
-            let entries = out.entry(m.partition()).or_default();
-            match m
+            let entry = m
                 .payload()
                 .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(E::decode)
-            {
-                Some(entry) if now.saturating_sub(entry.at()) < ttl_ms => {
-                    entries.insert(key.to_string(), entry);
-                }
-                _ => {
-                    entries.remove(key);
-                }
-            }
+                .and_then(E::decode);
+            out.entry(m.partition())
+                .or_insert_with(|| Partition::new(ttl_ms))
+                .restore(key, entry, now);
             continue;
         }
         let position = reader.position()?;
@@ -317,24 +333,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seen_ids_expire_after_the_ttl() {
+    fn seen_ids_expire_after_the_ttl_and_at_most_an_eighth_more() {
         let mut s = DedupeStore::new(Duration::from_secs(10));
         s.apply(&[Change::Put {
             partition: 1,
             key: "e".into(),
             entry: 1_000,
         }]);
+        // Slices of 1.25 s: written at 1 000, it counts as written at 1 249.
         assert!(s.contains(1, "e", 10_999));
-        assert!(!s.contains(1, "e", 11_000));
+        assert!(s.contains(1, "e", 11_248));
+        assert!(!s.contains(1, "e", 11_249));
         assert!(!s.contains(2, "e", 1_000), "partitions are separate");
+        assert!(s.expired(11_248, 10).is_empty());
         assert_eq!(
-            s.expired(11_000, 10),
+            s.expired(11_249, 10),
             vec![Change::Forget {
                 partition: 1,
                 key: "e".into()
             }]
         );
-        s.apply(&s.expired(11_000, 10));
+        s.apply(&s.expired(11_249, 10));
         assert!(s.is_empty());
     }
 

@@ -49,8 +49,19 @@ impl LedgerEntry {
 }
 
 impl Entry for LedgerEntry {
+    /// The ledger keeps its entries whole: its keys are few next to the dedupe store's.
+    type Packed = LedgerEntry;
+
     fn at(&self) -> i64 {
         self.at
+    }
+
+    fn pack(&self) -> LedgerEntry {
+        *self
+    }
+
+    fn unpack(packed: LedgerEntry, _slice_last_ms: i64) -> LedgerEntry {
+        packed
     }
 
     fn encode(&self) -> String {

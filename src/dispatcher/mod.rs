@@ -216,7 +216,7 @@ impl Work for Deliver {
             };
             let m = d.msg;
             let id = decoded.command.meta.command_id.clone();
-            let entry = cx.store().get(m.partition(), &id, cx.now()).copied();
+            let entry = cx.store().get(m.partition(), &id, cx.now());
             if matches!(
                 entry,
                 Some(LedgerEntry {

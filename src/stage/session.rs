@@ -20,7 +20,7 @@ use super::context::StageContext;
 use super::fault::Point;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
 use crate::config::Guarantee;
-use crate::dedupe::{Store, restore};
+use crate::dedupe::{Partition, Store, restore};
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
@@ -287,7 +287,7 @@ impl<W: Work> Session<'_, W> {
         ::metrics::histogram!(crate::telemetry::metrics::STORE_RESTORE_SECONDS,
             "adapter" => r.adapter().to_string(), "stage" => r.spec.stage.as_str())
         .record(started.elapsed().as_secs_f64());
-        let entries: usize = restored.values().map(HashMap::len).sum();
+        let entries: usize = restored.values().map(Partition::len).sum();
         for (p, e) in restored {
             self.store.insert_partition(p, e);
         }
