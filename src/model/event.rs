@@ -257,6 +257,36 @@ pub struct Event {
     pub meta: EventMeta,
     /// The type's data fields.
     pub data: Map<String, Json>,
+    /// The entity key once computed (an e-mail's costs an NFKC normalisation and a SHA-256, and
+    /// both the adapter and [`Command::new`](super::command::Command::new) ask for it).
+    key_memo: KeyMemo,
+}
+
+/// An entity key computed from a data field, kept with that field's value: a key is reused only
+/// while the field still holds the value it came from, so changing `data` never serves a stale
+/// key. Not part of an event's identity (two events equal but for it are equal).
+#[derive(Debug, Clone, Default)]
+struct KeyMemo(std::sync::OnceLock<(String, String)>);
+
+impl PartialEq for KeyMemo {
+    fn eq(&self, _: &KeyMemo) -> bool {
+        true
+    }
+}
+
+impl KeyMemo {
+    /// The key of `value`: the one kept if it came from `value`, else `compute(value)` (kept when
+    /// nothing is kept yet).
+    fn get(&self, value: &str, compute: impl FnOnce(&str) -> String) -> String {
+        if let Some((from, key)) = self.0.get()
+            && from == value
+        {
+            return key.clone();
+        }
+        let key = compute(value);
+        let _ = self.0.set((value.to_string(), key.clone()));
+        key
+    }
 }
 
 /// Now, in epoch milliseconds.
@@ -311,6 +341,7 @@ impl Event {
                 schema_version: 0,
             },
             data,
+            key_memo: KeyMemo::default(),
         }
     }
 
@@ -355,10 +386,12 @@ impl Event {
             detail: "unknown event type".into(),
         })?;
         Ok(match t {
-            EventType::LeadCaptured => identity::email_key(field_str(&self.data, "email")?),
-            EventType::CampaignTriggered => {
-                identity::email_key(field_str(&self.data, "recipient_email")?)
-            }
+            EventType::LeadCaptured => self
+                .key_memo
+                .get(field_str(&self.data, "email")?, identity::email_key),
+            EventType::CampaignTriggered => self
+                .key_memo
+                .get(field_str(&self.data, "recipient_email")?, identity::email_key),
             EventType::ContentPublished => field_str(&self.data, "content_id")?.to_string(),
             EventType::InvoiceRequested => field_str(&self.data, "customer_id")?.to_string(),
         })
@@ -433,7 +466,11 @@ impl Event {
     /// The event in an Avro record (as decoded, possibly resolved to a reader schema).
     pub fn from_avro(value: &Value) -> Result<Event, FieldError> {
         let (meta, data) = envelope_from_avro(value)?;
-        Ok(Event { meta, data })
+        Ok(Event {
+            meta,
+            data,
+            key_memo: KeyMemo::default(),
+        })
     }
 }
 
@@ -493,6 +530,23 @@ mod tests {
         );
         assert_eq!(e.meta.event_id, identity::event_id("demo", "L-1"));
         assert_eq!(e.meta.schema_version, 1);
+    }
+
+    #[test]
+    fn the_entity_key_is_kept_only_while_its_field_is_unchanged() {
+        let mut e = lead(json!({"email": "Ada@Example.com", "form_id": "contact"}));
+        let unasked = e.clone();
+        let ada = identity::email_key("ada@example.com");
+        assert_eq!(e.entity_key().unwrap(), ada);
+        assert_eq!(e, unasked, "the kept key is not part of the event");
+        assert_eq!(e.entity_key().unwrap(), ada, "asked again: the kept key");
+        let before = e.clone();
+        e.data.insert("email".into(), json!("bob@example.com"));
+        assert_eq!(
+            e.entity_key().unwrap(),
+            identity::email_key("bob@example.com")
+        );
+        assert_eq!(before.entity_key().unwrap(), ada);
     }
 
     #[test]
