@@ -11,6 +11,10 @@
 //!   after a coordinator was killed, #5456/#5511) is abandoned past its time-out: the session
 //!   rejoins and the batch is redone once
 //!   (`a_send_offsets_call_that_never_returns_is_abandoned_and_the_stage_goes_on`).
+//! - With a state directory, a restart restores the dedupe store from its local checkpoint and the
+//!   changelog after it; a checkpoint older than the changelog (the process was killed before it
+//!   wrote a newer one) still misses nothing
+//!   (`a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
@@ -138,6 +142,65 @@ async fn a_send_offsets_call_that_never_returns_is_abandoned_and_the_stage_goes_
     let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
     assert_eq!(doubles(&ids), vec![], "{counts:?}");
     assert_eq!(ids.len(), 30, "caught up after {took:?}: {counts:?}");
+    common::cleanup_plan(&s).await;
+}
+
+/// The files of a state directory (`<changelog>/<partition>.checkpoint`), copied to `to`.
+fn copy_state(from: &std::path::Path, to: &std::path::Path) {
+    for topic in std::fs::read_dir(from).unwrap() {
+        let topic = topic.unwrap().path();
+        let into = to.join(topic.file_name().unwrap());
+        std::fs::create_dir_all(&into).unwrap();
+        for f in std::fs::read_dir(&topic).unwrap() {
+            let f = f.unwrap().path();
+            std::fs::copy(&f, into.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it() {
+    let mut s = settings("ckpt").await;
+    let root = std::env::temp_dir().join(format!("onceflow-state-{}", s.namespace));
+    let (dir, old) = (root.join("state"), root.join("run-1"));
+    s.processor.state_dir = Some(dir.clone());
+    let loaded = || {
+        sample(r#"onceflow_store_restored_total{adapter="crm",stage="process",from="checkpoint"}"#)
+    };
+
+    // Run 1 decides 20 events; its clean stop writes the checkpoints, kept aside.
+    publish(&s, leads("K1", 20)).await;
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    running.stop().await;
+    copy_state(&dir, &old);
+    // Run 2 decides 20 more; then run 1's checkpoints are put back, as if run 2 had been killed
+    // before it wrote its own.
+    publish(&s, leads("K2", 20)).await;
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    running.stop().await;
+    std::fs::remove_dir_all(&dir).unwrap();
+    copy_state(&old, &dir);
+
+    // Run 3 gets all 40 again (a sender's retries): every one is a duplicate.
+    let before = loaded();
+    publish(&s, leads("K1", 20)).await;
+    publish(&s, leads("K2", 20)).await;
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    let counts = running.stop().await;
+    assert_eq!(
+        loaded() - before,
+        20.0,
+        "run 1's keys came from the checkpoints"
+    );
+    assert_eq!(
+        (counts.tally.duplicate, counts.tally.ok),
+        (40, 0),
+        "run 2's keys came from the changelog after the checkpoints: {counts:?}"
+    );
+    std::fs::remove_dir_all(&root).unwrap();
     common::cleanup_plan(&s).await;
 }
 

@@ -2,6 +2,7 @@
 //! shared loop needs of either ([`StageSettings`]).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -40,6 +41,9 @@ pub struct ProcessorSettings {
     pub static_membership: bool,
     /// Address of the Prometheus `/metrics` listener of `onceflow process`, when wanted.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the dedupe store's local checkpoints are kept (`state_dir`; none by default: every
+    /// restore reads the whole changelog).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ProcessorSettings {
@@ -81,6 +85,8 @@ pub struct DispatcherSettings {
     /// Longest a batch waits in line for a rate limit or a Retry-After before it defers the rest of
     /// its commands and pauses (keeps every batch well inside the consumer's poll interval).
     pub max_wait: Duration,
+    /// Where the ledger's local checkpoints are kept (`state_dir`; none by default).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl DispatcherSettings {
@@ -122,6 +128,7 @@ pub(super) struct RawProcessor {
     shutdown_timeout_ms: u64,
     static_membership: bool,
     metrics_listen: Option<String>,
+    state_dir: Option<String>,
 }
 
 impl Default for RawProcessor {
@@ -135,6 +142,7 @@ impl Default for RawProcessor {
             shutdown_timeout_ms: 10_000,
             static_membership: false,
             metrics_listen: None,
+            state_dir: None,
         }
     }
 }
@@ -153,6 +161,7 @@ pub(super) struct RawDispatcher {
     connect_timeout_ms: u64,
     request_timeout_ms: u64,
     max_wait_ms: u64,
+    state_dir: Option<String>,
 }
 
 impl Default for RawDispatcher {
@@ -169,6 +178,7 @@ impl Default for RawDispatcher {
             connect_timeout_ms: 2_000,
             request_timeout_ms: 10_000,
             max_wait_ms: 10_000,
+            state_dir: None,
         }
     }
 }
@@ -192,6 +202,14 @@ fn batch_records(key: &str, n: usize) -> Result<usize, ConfigError> {
 
 fn listen(key: &str, value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
     value.map(|m| socket(key, m)).transpose()
+}
+
+/// A state directory: any non-empty path (created when first written).
+fn state_dir(key: &str, value: Option<String>) -> Result<Option<PathBuf>, ConfigError> {
+    match value {
+        Some(v) if v.trim().is_empty() => Err(invalid(key, "must be a path, or left out")),
+        v => Ok(v.map(PathBuf::from)),
+    }
 }
 
 pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigError> {
@@ -224,6 +242,7 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
         )?,
         static_membership: raw.static_membership,
         metrics_listen: listen("processor.metrics_listen", raw.metrics_listen.as_deref())?,
+        state_dir: state_dir("processor.state_dir", raw.state_dir)?,
     })
 }
 
@@ -274,5 +293,6 @@ pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettin
         connect_timeout,
         request_timeout,
         max_wait: millis("dispatcher.max_wait_ms", raw.max_wait_ms, 0, 120_000)?,
+        state_dir: state_dir("dispatcher.state_dir", raw.state_dir)?,
     })
 }

@@ -22,7 +22,13 @@
 //!   its slice ([`slices`]): under 40 bytes a key (`tests/dedupe_memory.rs`).
 //! - The changelog value of an entry is its [`Entry::encode`] text; a value that does not decode is
 //!   treated as a tombstone.
+//! - Each store partition knows the changelog offset it reflects the changelog up to: the restore's
+//!   end, then one past the last changelog record of each commit ([`Store::advance`]). A stage
+//!   with a state directory writes that state and offset to a local [`checkpoint`] when the
+//!   partition leaves it and when its session ends; a restore then loads it and reads only the
+//!   changelog from there.
 
+pub mod checkpoint;
 mod slices;
 
 use std::collections::{HashMap, HashSet};
@@ -147,6 +153,19 @@ impl<E: Entry> Store<E> {
         self.partitions.insert(partition, entries);
     }
 
+    /// The state of `partition`, if held.
+    pub fn partition(&self, partition: i32) -> Option<&Partition<E>> {
+        self.partitions.get(&partition)
+    }
+
+    /// After a commit that wrote `partition`'s changelog up to offset `next - 1`: the partition
+    /// reflects its changelog up to `next` (exclusive).
+    pub fn advance(&mut self, partition: i32, next: i64) {
+        if let Some(p) = self.partitions.get_mut(&partition) {
+            p.advance(next);
+        }
+    }
+
     /// Forgets a partition this instance no longer owns.
     pub fn drop_partition(&mut self, partition: i32) {
         self.partitions.remove(&partition);
@@ -237,93 +256,161 @@ pub enum RestoreError {
     },
 }
 
-/// Reads `partitions` of `changelog` into store partitions (blocking; run it on a blocking thread).
-/// `reader_group` is only an id (the reader assigns, never joins nor commits).
-pub fn restore<E: Entry>(
-    kafka: &KafkaSettings,
-    changelog: &str,
-    reader_group: &str,
-    partitions: &[i32],
-    ttl: Duration,
-    now: i64,
-    max_wait: Duration,
-) -> Result<HashMap<i32, Partition<E>>, RestoreError> {
-    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-    let mut out: HashMap<i32, Partition<E>> = partitions
-        .iter()
-        .map(|p| (*p, Partition::new(ttl_ms)))
-        .collect();
-    if partitions.is_empty() {
-        return Ok(out);
-    }
-    // The target is the high watermark as a read_uncommitted reader sees it: everything written
-    // so far, open transactions included.
-    let probe: BaseConsumer = client::consumer(
-        kafka,
-        "dedupe.restore",
-        reader_group,
-        Isolation::ReadUncommitted,
-        StartAt::Earliest,
-    )
-    .create()?;
-    let mut targets = HashMap::new();
-    for p in partitions {
-        let (_, high) = probe.fetch_watermarks(changelog, *p, Duration::from_secs(10))?;
-        if high > 0 {
-            targets.insert(*p, high);
-        }
-    }
-    if targets.is_empty() {
-        return Ok(out);
-    }
-    let reader: BaseConsumer = client::consumer(
-        kafka,
-        "dedupe.restore",
-        reader_group,
-        Isolation::ReadCommitted,
-        StartAt::Earliest,
-    )
-    .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in targets.keys() {
-        tpl.add_partition_offset(changelog, *p, Offset::Beginning)?;
-    }
-    reader.assign(&tpl)?;
-    let started = Instant::now();
-    loop {
-        if let Some(m) = reader.poll(Duration::from_millis(100)) {
-            let m = m?;
-            let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                continue;
-            };
-            let entry = m
-                .payload()
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(E::decode);
-            out.entry(m.partition())
-                .or_insert_with(|| Partition::new(ttl_ms))
-                .restore(key, entry, now);
-            continue;
-        }
-        let position = reader.position()?;
-        let pending: Vec<(i32, i64)> = targets
-            .iter()
-            .filter(|(p, target)| {
-                !matches!(position.find_partition(changelog, **p).map(|e| e.offset()),
-                          Some(Offset::Offset(o)) if o >= **target)
-            })
-            .map(|(p, t)| (*p, *t))
-            .collect();
-        let Some((partition, target)) = pending.first().copied() else {
-            return Ok(out);
+/// A restore of store partitions from their changelog (and local checkpoints, when a directory
+/// is given).
+#[derive(Debug, Clone)]
+pub struct Restore<'a> {
+    /// The cluster.
+    pub kafka: &'a KafkaSettings,
+    /// The changelog topic.
+    pub changelog: &'a str,
+    /// An id for the reader (it assigns, never joins nor commits).
+    pub reader_group: &'a str,
+    /// The partitions to restore.
+    pub partitions: &'a [i32],
+    /// The store's TTL.
+    pub ttl: Duration,
+    /// Now (epoch ms).
+    pub now: i64,
+    /// How long to wait for the changelog to become readable up to its end.
+    pub max_wait: Duration,
+    /// Where checkpoints are, if the stage keeps them ([`checkpoint`]).
+    pub checkpoints: Option<&'a std::path::Path>,
+}
+
+/// What a restore produced.
+#[derive(Debug)]
+pub struct Restored<E: Entry> {
+    /// The store partitions.
+    pub partitions: HashMap<i32, Partition<E>>,
+    /// Entries loaded from checkpoints.
+    pub from_checkpoints: usize,
+    /// Changelog records read.
+    pub records_read: usize,
+}
+
+impl Restore<'_> {
+    /// Reads the partitions (blocking; run it on a blocking thread): each from its checkpoint and
+    /// the changelog from the checkpoint's offset, or the whole changelog without a usable one.
+    pub fn run<E: Entry>(&self) -> Result<Restored<E>, RestoreError> {
+        let (kafka, changelog) = (self.kafka, self.changelog);
+        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
+        let mut out = Restored {
+            partitions: HashMap::new(),
+            from_checkpoints: 0,
+            records_read: 0,
         };
-        if started.elapsed() > max_wait {
-            return Err(RestoreError::Stuck {
-                topic: changelog.into(),
-                partition,
-                target,
-                waited: started.elapsed(),
+        if self.partitions.is_empty() {
+            return Ok(out);
+        }
+        // The target is the high watermark as a read_uncommitted reader sees it: everything
+        // written so far, open transactions included.
+        let probe: BaseConsumer = client::consumer(
+            kafka,
+            "dedupe.restore",
+            self.reader_group,
+            Isolation::ReadUncommitted,
+            StartAt::Earliest,
+        )
+        .create()?;
+        let mut targets = HashMap::new();
+        let mut starts = HashMap::new();
+        for p in self.partitions {
+            let (low, high) = probe.fetch_watermarks(changelog, *p, Duration::from_secs(10))?;
+            let loaded = self.checkpoints.and_then(|dir| {
+                match checkpoint::load::<E>(dir, changelog, *p, ttl_ms, self.now) {
+                    Ok(Some(state)) if (low..=high).contains(&state.next_offset()) => Some(state),
+                    Ok(Some(state)) => {
+                        tracing::warn!(changelog, partition = *p, offset = state.next_offset(),
+                            low, high, "checkpoint offset outside the changelog (topic recreated?); reading it whole");
+                        None
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "checkpoint not used; reading the changelog whole");
+                        None
+                    }
+                }
             });
+            let state = match loaded {
+                Some(state) => {
+                    out.from_checkpoints += state.len();
+                    starts.insert(*p, Offset::Offset(state.next_offset()));
+                    state
+                }
+                None => {
+                    starts.insert(*p, Offset::Beginning);
+                    Partition::new(ttl_ms)
+                }
+            };
+            if high > state.next_offset() {
+                targets.insert(*p, high);
+            }
+            out.partitions.insert(*p, state);
+        }
+        if targets.is_empty() {
+            return Ok(out);
+        }
+        let reader: BaseConsumer = client::consumer(
+            kafka,
+            "dedupe.restore",
+            self.reader_group,
+            Isolation::ReadCommitted,
+            StartAt::Earliest,
+        )
+        .create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in targets.keys() {
+            tpl.add_partition_offset(changelog, *p, starts[p])?;
+        }
+        reader.assign(&tpl)?;
+        let started = Instant::now();
+        loop {
+            if let Some(m) = reader.poll(Duration::from_millis(100)) {
+                let m = m?;
+                out.records_read += 1;
+                let state = out
+                    .partitions
+                    .entry(m.partition())
+                    .or_insert_with(|| Partition::new(ttl_ms));
+                state.advance(m.offset() + 1);
+                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
+                let entry = m
+                    .payload()
+                    .and_then(|v| std::str::from_utf8(v).ok())
+                    .and_then(E::decode);
+                state.restore(key, entry, self.now);
+                continue;
+            }
+            let position = reader.position()?;
+            let pending: Vec<(i32, i64)> = targets
+                .iter()
+                .filter(|(p, target)| {
+                    !matches!(position.find_partition(changelog, **p).map(|e| e.offset()),
+                              Some(Offset::Offset(o)) if o >= **target)
+                })
+                .map(|(p, t)| (*p, *t))
+                .collect();
+            let Some((partition, target)) = pending.first().copied() else {
+                // Read up to the target: the state reflects everything below it (transaction
+                // markers and aborted records included, which a reader skips).
+                for (p, target) in &targets {
+                    if let Some(state) = out.partitions.get_mut(p) {
+                        state.advance(*target);
+                    }
+                }
+                return Ok(out);
+            };
+            if started.elapsed() > self.max_wait {
+                return Err(RestoreError::Stuck {
+                    topic: changelog.into(),
+                    partition,
+                    target,
+                    waited: started.elapsed(),
+                });
+            }
         }
     }
 }

@@ -101,6 +101,9 @@ pub struct Partition<E: Entry> {
     ttl_ms: i64,
     width_ms: i64,
     slices: BTreeMap<i64, Slice<E::Packed>>,
+    /// The changelog offset this state reflects the changelog up to (exclusive): every record
+    /// below it is in, none at or above it (a checkpoint's offset, [`super::checkpoint`]).
+    next_offset: i64,
 }
 
 impl<E: Entry> Partition<E> {
@@ -110,7 +113,39 @@ impl<E: Entry> Partition<E> {
             ttl_ms,
             width_ms: (ttl_ms / SLICES_PER_TTL).max(1),
             slices: BTreeMap::new(),
+            next_offset: 0,
         }
+    }
+
+    /// The changelog offset this state reflects the changelog up to (exclusive).
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+
+    /// This state now reflects the changelog up to `next` (exclusive); never moves back.
+    pub fn advance(&mut self, next: i64) {
+        self.next_offset = self.next_offset.max(next);
+    }
+
+    /// Every entry held and still remembered at `now`, with its key.
+    pub fn entries(&self, now: i64) -> impl Iterator<Item = (String, E)> + '_ {
+        self.slices
+            .iter()
+            .filter(move |(s, _)| self.live(**s, now))
+            .flat_map(move |(s, slice)| {
+                let last = self.last_ms(*s);
+                slice
+                    .uuids
+                    .iter()
+                    .map(move |(b, p)| (Uuid::from_bytes(*b).hyphenated().to_string(), *p, last))
+                    .chain(
+                        slice
+                            .texts
+                            .iter()
+                            .map(move |(t, p)| (t.to_string(), *p, last)),
+                    )
+            })
+            .map(|(k, p, last)| (k, E::unpack(p, last)))
     }
 
     fn slice_of(&self, at: i64) -> i64 {

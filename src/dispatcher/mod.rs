@@ -130,6 +130,7 @@ impl Dispatcher {
             inputs: vec![names.outbox(&name)],
             changelog: names.ledger(&name),
             ttl: d.ledger_ttl,
+            state_dir: d.state_dir.clone(),
             metrics: &metrics::DISPATCHER,
         };
         Ok(Dispatcher {

@@ -249,11 +249,13 @@ impl TxProducer {
     }
 }
 
-/// Waits for every record of the open transaction to be acknowledged (see the module invariants).
-pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<(), TxError> {
+/// Waits for every record of the open transaction to be acknowledged (see the module invariants);
+/// the (partition, offset) each was written at, in order.
+pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<Vec<(i32, i64)>, TxError> {
+    let mut at = Vec::with_capacity(deliveries.len());
     for d in deliveries {
         match d.await {
-            Ok(Ok(_)) => {}
+            Ok(Ok(delivery)) => at.push((delivery.partition, delivery.offset)),
             Ok(Err((e, _))) => return Err(TxError::new("delivery", e)),
             Err(_) => {
                 return Err(TxError {
@@ -264,7 +266,7 @@ pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<(), TxE
             }
         }
     }
-    Ok(())
+    Ok(at)
 }
 
 /// Tracks the next offset to commit per partition over a batch of consumed records.

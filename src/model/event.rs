@@ -389,9 +389,10 @@ impl Event {
             EventType::LeadCaptured => self
                 .key_memo
                 .get(field_str(&self.data, "email")?, identity::email_key),
-            EventType::CampaignTriggered => self
-                .key_memo
-                .get(field_str(&self.data, "recipient_email")?, identity::email_key),
+            EventType::CampaignTriggered => self.key_memo.get(
+                field_str(&self.data, "recipient_email")?,
+                identity::email_key,
+            ),
             EventType::ContentPublished => field_str(&self.data, "content_id")?.to_string(),
             EventType::InvoiceRequested => field_str(&self.data, "customer_id")?.to_string(),
         })

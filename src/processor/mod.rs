@@ -74,6 +74,7 @@ impl Processor {
             inputs: settings.topics.inputs.clone(),
             changelog: names.dedupe(&name),
             ttl: settings.processor.dedupe_ttl,
+            state_dir: settings.processor.state_dir.clone(),
             metrics: &metrics::PROCESSOR,
         };
         Ok(Processor {

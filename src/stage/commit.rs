@@ -258,11 +258,18 @@ impl<E: Entry> BatchCx<'_, E> {
                 for o in &outs {
                     deliveries.push(tx.send(to_record(o))?);
                 }
-                await_deliveries(deliveries).await?;
-                tx.commit().await
+                let at = await_deliveries(deliveries).await?;
+                tx.commit().await.map(|()| at)
             };
-            if let Err(e) = attempt.await {
-                return Err(abort_after(tx, e).await);
+            match attempt.await {
+                Ok(at) => {
+                    self.store.apply(&changes);
+                    for (partition, offset) in at {
+                        self.store.advance(partition, offset + 1);
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(abort_after(tx, e).await),
             }
         }
         self.store.apply(&changes);
@@ -281,7 +288,8 @@ async fn abort_after(tx: &TxProducer, e: TxError) -> BatchError {
     }
 }
 
-/// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one.
+/// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one;
+/// the (partition, offset) each of `outs` was written at in the committed transaction.
 pub(super) async fn transactional<C, X>(
     tx: &TxProducer,
     consumer: &C,
@@ -290,7 +298,7 @@ pub(super) async fn transactional<C, X>(
     fault: &FaultPlan,
     batch_no: u64,
     labels: Labels<'_>,
-) -> Result<(), BatchError>
+) -> Result<Vec<(i32, i64)>, BatchError>
 where
     X: rdkafka::consumer::ConsumerContext,
     C: Consumer<X>,
@@ -298,7 +306,7 @@ where
     let mut last = String::new();
     for attempt in 1..=COMMIT_ATTEMPTS {
         match once(tx, consumer, outs, offsets.clone(), fault, batch_no, labels).await {
-            Ok(()) => return Ok(()),
+            Ok(at) => return Ok(at),
             Err(BatchError::Aborted(e)) => {
                 warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
                 last = e;
@@ -317,7 +325,7 @@ async fn once<C, X>(
     fault: &FaultPlan,
     batch_no: u64,
     labels: Labels<'_>,
-) -> Result<(), BatchError>
+) -> Result<Vec<(i32, i64)>, BatchError>
 where
     X: rdkafka::consumer::ConsumerContext,
     C: Consumer<X>,
@@ -349,12 +357,16 @@ where
     }
     let failed = match sent {
         Err(e) => e,
-        Ok(()) if fault.hit(Point::AbortBeforeCommit, batch_no) => TxError {
+        Ok(_) if fault.hit(Point::AbortBeforeCommit, batch_no) => TxError {
             op: "injected fault",
             kind: TxErrorKind::Abortable,
             source: KafkaError::Canceled,
         },
-        Ok(()) => return settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels).await,
+        Ok(at) => {
+            return settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels)
+                .await
+                .map(|()| at);
+        }
     };
     Err(abort_after(tx, failed).await)
 }

@@ -250,6 +250,9 @@ pub struct StageSpec {
     pub changelog: String,
     /// How long the store remembers a key.
     pub ttl: std::time::Duration,
+    /// Where the store's local checkpoints are kept, if anywhere (`processor.state_dir`,
+    /// `dispatcher.state_dir`).
+    pub state_dir: Option<std::path::PathBuf>,
     /// The stage's metric names.
     pub metrics: &'static StageMetrics,
 }

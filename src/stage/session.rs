@@ -15,12 +15,14 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::telemetry::metrics;
+
 use super::commit::{self, BatchCx, Failure, Routed, changelog_out};
 use super::context::StageContext;
 use super::fault::Point;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
 use crate::config::Guarantee;
-use crate::dedupe::{Partition, Store, restore};
+use crate::dedupe::{Partition, Restore, Store, checkpoint};
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
@@ -93,6 +95,8 @@ pub(super) async fn run<W: Work>(
     r.readiness.set(true);
     let result = s.run(shutdown, counts).await;
     r.readiness.set(false);
+    // The state reflects what was committed, whatever ended the session.
+    s.checkpoint_all();
     // Leave the group now (dynamic membership), rather than after the session timeout; the
     // consumer is closed when the session drops it.
     s.consumer.unsubscribe();
@@ -266,6 +270,7 @@ impl<W: Work> Session<'_, W> {
         let wanted: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
         let have = self.store.partitions();
         for p in have.difference(&wanted) {
+            self.checkpoint(*p);
             self.store.drop_partition(*p);
         }
         let missing: Vec<i32> = wanted.difference(&have).copied().collect();
@@ -279,21 +284,63 @@ impl<W: Work> Session<'_, W> {
         let ttl = r.spec.ttl;
         let max_wait = r.kafka.transaction_timeout + Duration::from_secs(30);
         let parts = missing.clone();
+        let state_dir = r.spec.state_dir.clone();
         let started = Instant::now();
         let restored = tokio::task::spawn_blocking(move || {
-            restore::<W::Entry>(&kafka, &changelog, &reader, &parts, ttl, now_ms(), max_wait)
+            Restore {
+                kafka: &kafka,
+                changelog: &changelog,
+                reader_group: &reader,
+                partitions: &parts,
+                ttl,
+                now: now_ms(),
+                max_wait,
+                checkpoints: state_dir.as_deref(),
+            }
+            .run::<W::Entry>()
         })
         .await??;
-        ::metrics::histogram!(crate::telemetry::metrics::STORE_RESTORE_SECONDS,
-            "adapter" => r.adapter().to_string(), "stage" => r.spec.stage.as_str())
+        let (adapter, stage) = (r.adapter().to_string(), r.spec.stage.as_str());
+        ::metrics::histogram!(metrics::STORE_RESTORE_SECONDS,
+            "adapter" => adapter.clone(), "stage" => stage)
         .record(started.elapsed().as_secs_f64());
-        let entries: usize = restored.values().map(Partition::len).sum();
-        for (p, e) in restored {
+        ::metrics::counter!(metrics::STORE_RESTORED, "adapter" => adapter.clone(), "stage" => stage,
+            "from" => "checkpoint")
+        .increment(restored.from_checkpoints as u64);
+        ::metrics::counter!(metrics::STORE_RESTORED, "adapter" => adapter.clone(), "stage" => stage,
+            "from" => "changelog")
+        .increment(restored.records_read as u64);
+        let entries: usize = restored.partitions.values().map(Partition::len).sum();
+        for (p, e) in restored.partitions {
             self.store.insert_partition(p, e);
         }
-        info!(adapter = r.adapter(), stage = r.spec.stage.as_str(), partitions = ?missing, entries,
-              took_ms = started.elapsed().as_millis() as u64, "store restored from its changelog");
+        info!(adapter, stage, partitions = ?missing, entries,
+              from_checkpoints = restored.from_checkpoints, changelog_records = restored.records_read,
+              took_ms = started.elapsed().as_millis() as u64, "store restored");
         Ok(())
+    }
+
+    /// Writes partition `p`'s checkpoint, when the stage keeps them (a failure costs the next
+    /// restore time, nothing else: it is logged and the session goes on).
+    fn checkpoint(&self, p: i32) {
+        let (Some(dir), Some(state)) = (&self.r.spec.state_dir, self.store.partition(p)) else {
+            return;
+        };
+        let started = Instant::now();
+        match checkpoint::write(dir, &self.r.spec.changelog, p, state, now_ms()) {
+            Ok(file) => debug!(adapter = self.r.adapter(), partition = p, entries = state.len(),
+                offset = state.next_offset(), file = %file.display(),
+                took_ms = started.elapsed().as_millis() as u64, "store checkpoint written"),
+            Err(e) => warn!(adapter = self.r.adapter(), partition = p, error = %e,
+                "store checkpoint not written; the next restore reads the changelog whole"),
+        }
+    }
+
+    /// Writes every partition's checkpoint (the session ends).
+    fn checkpoint_all(&self) {
+        for p in self.store.partitions() {
+            self.checkpoint(p);
+        }
     }
 
     fn assigned(&self) -> Result<HashSet<(String, i32)>, KafkaError> {
@@ -508,7 +555,7 @@ impl<W: Work> Session<'_, W> {
 
         // Phase 2: write it all, with the offsets, atomically (or, at-least-once, write then commit).
         let started = Instant::now();
-        match (&self.tx, &self.plain) {
+        let written = match (&self.tx, &self.plain) {
             (Some(tx), _) => {
                 commit::transactional(
                     tx,
@@ -521,11 +568,14 @@ impl<W: Work> Session<'_, W> {
                 )
                 .await?
             }
+            // Benchmarks only: the store's offsets stay where the restore left them (an offset
+            // too low only makes a checkpoint's catch-up longer).
             (None, Some(plain)) => {
-                commit::at_least_once(plain, Arc::clone(&self.consumer), &outs, offsets).await?
+                commit::at_least_once(plain, Arc::clone(&self.consumer), &outs, offsets).await?;
+                Vec::new()
             }
             (None, None) => return Err(BatchError::Aborted("no producer".into())),
-        }
+        };
         let adapter = r.adapter().to_string();
         ::metrics::histogram!(r.spec.metrics.commit_seconds, "adapter" => adapter.clone())
             .record(started.elapsed().as_secs_f64());
@@ -533,6 +583,11 @@ impl<W: Work> Session<'_, W> {
             std::process::abort();
         }
         self.store.apply(&handled.changes);
+        for (o, (partition, offset)) in outs.iter().zip(written) {
+            if o.topic == r.spec.changelog {
+                self.store.advance(partition, offset + 1);
+            }
+        }
         for (outcome, n) in handled.tally.outcomes() {
             if n > 0 {
                 ::metrics::counter!(r.spec.metrics.records, "adapter" => adapter.clone(), "outcome" => outcome)

@@ -111,6 +111,10 @@ pub const DLQ_DEPTH: &str = "onceflow_dlq_depth_records";
 /// stable offset until the broker aborts it, at most its transaction timeout); labels `adapter`,
 /// `stage`.
 pub const STORE_RESTORE_SECONDS: &str = "onceflow_store_restore_seconds";
+/// Counter of store entries restored when partitions were assigned, by where they came from:
+/// `from` = `checkpoint` (entries loaded from local checkpoints) or `changelog` (changelog records
+/// read); labels `adapter`, `stage`, `from`.
+pub const STORE_RESTORED: &str = "onceflow_store_restored_total";
 /// Counter of commit calls that timed out with the outcome unknown and were asked again (never
 /// aborted); labels `adapter`, `stage`.
 pub const COMMIT_UNKNOWN: &str = "onceflow_commit_outcome_unknown_total";
@@ -158,6 +162,7 @@ pub const EXPORTED: &[(&str, Kind)] = &[
     (REPLAY_RECORDS, Kind::Counter),
     (DLQ_DEPTH, Kind::Gauge),
     (STORE_RESTORE_SECONDS, Kind::Histogram),
+    (STORE_RESTORED, Kind::Counter),
     (COMMIT_UNKNOWN, Kind::Counter),
 ];
 
