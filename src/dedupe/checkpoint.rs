@@ -83,11 +83,15 @@ pub fn write<E: Entry>(
         path: file.clone(),
         source,
     };
-    let entries: Vec<(String, String)> = state
-        .entries(now)
-        .map(|(k, e)| (k, e.encode()))
-        .filter(|(k, v)| k.len() <= usize::from(u16::MAX) && v.len() <= usize::from(u16::MAX))
-        .collect();
+    let entries: Vec<(String, String)> = state.entries(now).map(|(k, e)| (k, e.encode())).collect();
+    let fits = |b: &str| b.len() <= usize::from(u16::MAX);
+    if !entries.iter().all(|(k, v)| fits(k) && fits(v)) {
+        // Leaving the entry out would make the checkpoint forget a key.
+        return Err(CheckpointError::Unusable {
+            path: file,
+            why: "a key or value is longer than 65 535 bytes".into(),
+        });
+    }
     let header = Header {
         topic: topic.to_string(),
         partition,
@@ -106,8 +110,7 @@ pub fn write<E: Entry>(
     w.write_all(b"\n").map_err(io)?;
     for (k, v) in &entries {
         for part in [k.as_bytes(), v.as_bytes()] {
-            // Lengths were checked above.
-            let len = u16::try_from(part.len()).unwrap_or(u16::MAX);
+            let len = u16::try_from(part.len()).unwrap_or(u16::MAX); // checked above
             w.write_all(&len.to_le_bytes()).map_err(io)?;
             w.write_all(part).map_err(io)?;
         }
