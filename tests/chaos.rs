@@ -16,7 +16,6 @@
 mod harness;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a dispatcher wedges under these faults (alive and ready, no longer consuming; README, Chaos): run with `cargo test --test chaos -- --ignored` until it is fixed"]
 async fn under_broker_registry_and_stage_faults_every_accepted_event_is_delivered_once() {
     // 3 000 events at 50/s: 60 s of sending; a fault every 3 s (the broker faults take 15–50 s
     // each, so the four kinds run back to back); a stage SIGKILL every 4 s on average; a killed

@@ -459,13 +459,19 @@ fn report(
         restarts.join(", ")
     );
     out += &format!(
-        "\n== figures\nevents: {} planned at {}/s, {} sent, {} accepted (202) in {:.0} s = {:.0}/s accepted; all caught up {:.0} s after the first event\n",
+        "\n== figures\nevents: {} planned at {}/s, {} sent, {} accepted (202) in {:.0} s = {:.0}/s accepted; {} {:.0} s after the first event\n",
         k.events,
         k.rate,
         sent.sent,
         sent.accepted.len(),
         sending_s,
         sent.accepted.len() as f64 / sending_s.max(0.001),
+        if lags.iter().all(|(_, l)| *l == 0) {
+            "all caught up"
+        } else {
+            // A lag of -1: the look-up failed. What is not caught up is counted as lost below.
+            "NOT caught up (drain limit reached; lags below)"
+        },
         drained_s
     );
     out += &format!(
