@@ -166,9 +166,9 @@ impl<E: Entry> Store<E> {
         }
     }
 
-    /// Forgets a partition this instance no longer owns.
-    pub fn drop_partition(&mut self, partition: i32) {
-        self.partitions.remove(&partition);
+    /// Forgets a partition this instance no longer owns, and gives its state back.
+    pub fn drop_partition(&mut self, partition: i32) -> Option<Partition<E>> {
+        self.partitions.remove(&partition)
     }
 
     /// The entry of `key` on `partition`, if it is remembered at `now`.

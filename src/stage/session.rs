@@ -96,7 +96,8 @@ pub(super) async fn run<W: Work>(
     let result = s.run(shutdown, counts).await;
     r.readiness.set(false);
     // The state reflects what was committed, whatever ended the session.
-    s.checkpoint_all();
+    let all: Vec<i32> = s.store.partitions().into_iter().collect();
+    s.checkpoint(&all).await;
     // Leave the group now (dynamic membership), rather than after the session timeout; the
     // consumer is closed when the session drops it.
     s.consumer.unsubscribe();
@@ -269,10 +270,8 @@ impl<W: Work> Session<'_, W> {
         self.consumer.resume(&unpaused)?;
         let wanted: HashSet<i32> = owned.iter().map(|(_, p)| *p).collect();
         let have = self.store.partitions();
-        for p in have.difference(&wanted) {
-            self.checkpoint(*p);
-            self.store.drop_partition(*p);
-        }
+        let gone: Vec<i32> = have.difference(&wanted).copied().collect();
+        self.checkpoint(&gone).await;
         let missing: Vec<i32> = wanted.difference(&have).copied().collect();
         if missing.is_empty() {
             return Ok(());
@@ -320,26 +319,46 @@ impl<W: Work> Session<'_, W> {
         Ok(())
     }
 
-    /// Writes partition `p`'s checkpoint, when the stage keeps them (a failure costs the next
-    /// restore time, nothing else: it is logged and the session goes on).
-    fn checkpoint(&self, p: i32) {
-        let (Some(dir), Some(state)) = (&self.r.spec.state_dir, self.store.partition(p)) else {
+    /// Drops `partitions` from the store, first writing their checkpoints on the blocking pool
+    /// when the stage keeps them (a failure costs the next restore time, nothing else: it is
+    /// logged and the session goes on).
+    async fn checkpoint(&mut self, partitions: &[i32]) {
+        let states: Vec<(i32, Partition<W::Entry>)> = partitions
+            .iter()
+            .filter_map(|p| Some((*p, self.store.drop_partition(*p)?)))
+            .collect();
+        let Some(dir) = self.r.spec.state_dir.clone() else {
             return;
         };
-        let started = Instant::now();
-        match checkpoint::write(dir, &self.r.spec.changelog, p, state, now_ms()) {
-            Ok(file) => debug!(adapter = self.r.adapter(), partition = p, entries = state.len(),
-                offset = state.next_offset(), file = %file.display(),
-                took_ms = started.elapsed().as_millis() as u64, "store checkpoint written"),
-            Err(e) => warn!(adapter = self.r.adapter(), partition = p, error = %e,
-                "store checkpoint not written; the next restore reads the changelog whole"),
+        if states.is_empty() {
+            return;
         }
-    }
-
-    /// Writes every partition's checkpoint (the session ends).
-    fn checkpoint_all(&self) {
-        for p in self.store.partitions() {
-            self.checkpoint(p);
+        let changelog = self.r.spec.changelog.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            states
+                .iter()
+                .map(|(p, state)| {
+                    let started = Instant::now();
+                    let result = checkpoint::write(&dir, &changelog, *p, state, now_ms());
+                    (
+                        *p,
+                        state.len(),
+                        state.next_offset(),
+                        started.elapsed(),
+                        result,
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let adapter = self.r.adapter();
+        for (p, entries, offset, took, result) in written.unwrap_or_default() {
+            match result {
+                Ok(file) => debug!(adapter, partition = p, entries, offset, file = %file.display(),
+                    took_ms = took.as_millis() as u64, "store checkpoint written"),
+                Err(e) => warn!(adapter, partition = p, error = %e,
+                    "store checkpoint not written; the next restore reads the changelog whole"),
+            }
         }
     }
 
