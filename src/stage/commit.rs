@@ -17,7 +17,8 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
 use super::fault::{FaultPlan, Point};
 use super::{BatchError, SessionError};
@@ -330,11 +331,14 @@ where
     X: rdkafka::consumer::ConsumerContext,
     C: Consumer<X>,
 {
+    let t0 = Instant::now();
     tx.begin().await.map_err(|e| match e.kind {
         TxErrorKind::Fatal => BatchError::Fatal(e.into()),
         _ => BatchError::Aborted(e.to_string()),
     })?;
+    let mut phases = [Duration::ZERO; 3];
     let body = async {
+        phases[0] = t0.elapsed();
         let mut deliveries = Vec::with_capacity(outs.len());
         for o in outs {
             deliveries.push(tx.send(to_record(o))?);
@@ -349,7 +353,10 @@ where
                 .await?;
         }
         tx.send_offsets(offsets, group).await?;
-        await_deliveries(deliveries).await
+        phases[1] = t0.elapsed();
+        let at = await_deliveries(deliveries).await;
+        phases[2] = t0.elapsed();
+        at
     };
     let sent = body.await;
     if sent.is_ok() && fault.hit(Point::CrashBeforeCommit, batch_no) {
@@ -363,9 +370,18 @@ where
             source: KafkaError::Canceled,
         },
         Ok(at) => {
-            return settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels)
-                .await
-                .map(|()| at);
+            let settled = settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels).await;
+            debug!(
+                adapter = labels.0,
+                stage = labels.1,
+                records = outs.len(),
+                begin_ms = phases[0].as_millis(),
+                offsets_ms = phases[1].as_millis(),
+                delivered_ms = phases[2].as_millis(),
+                committed_ms = t0.elapsed().as_millis(),
+                "transaction (times from its begin)"
+            );
+            return settled.map(|()| at);
         }
     };
     Err(abort_after(tx, failed).await)

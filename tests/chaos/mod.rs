@@ -16,7 +16,8 @@
 //! `CHAOS_PAUSE_S` (SIGSTOP length, default 12), `CHAOS_BROKER_DOWN_S` (default 5),
 //! `CHAOS_PARTITIONS` (default 6), `CHAOS_DRAIN_S` (catch-up limit, default 900),
 //! `CHAOS_STALL_S` (a group's lag unchanged this long: its stage is wedged, default 120),
-//! `CHAOS_LOG` (the stages' `RUST_LOG`, default `onceflow=warn`; a wedged stage's metrics and
+//! `CHAOS_P429` (probability of a provider's random 429 with `Retry-After: 1`, default 0.01),
+//! `CHAOS_DISPATCH_BATCH` (the dispatchers' `batch_max_records`, default 200), `CHAOS_LOG` (the stages' `RUST_LOG`, default `onceflow=warn`; a wedged stage's metrics and
 //! thread stacks are kept beside its log), `CHAOS_KEEP_CLUSTER=1` (leave the cluster up),
 //! `CHAOS_ONCEFLOW_BIN` (another onceflow binary), and to prove the checks can fail, `CHAOS_MUTATE`: `phantom` (the sender counts every 500th
 //! event accepted without sending it: losses), `expire_keys` (the sandbox clock jumps 25 h every
@@ -63,6 +64,10 @@ pub struct Knobs {
     pub stall: Duration,
     /// `CHAOS_MUTATE`.
     pub mutate: String,
+    /// Probability that a provider answers a call with a 429 (`Retry-After: 1`).
+    pub p_429: f64,
+    /// The dispatchers' `batch_max_records`.
+    pub dispatch_batch: usize,
 }
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -89,6 +94,8 @@ impl Knobs {
             drain: Duration::from_secs_f64(env("CHAOS_DRAIN_S", 900.0)),
             stall: Duration::from_secs_f64(env("CHAOS_STALL_S", 120.0)),
             mutate: std::env::var("CHAOS_MUTATE").unwrap_or_default(),
+            p_429: env("CHAOS_P429", 0.01),
+            dispatch_batch: env("CHAOS_DISPATCH_BATCH", 200),
         }
     }
 }
@@ -108,10 +115,10 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// Faults of a provider on a moderately bad day.
-fn moderate() -> Faults {
+/// Faults of a provider on a moderately bad day; a random 429 with probability `p_429`.
+fn moderate(p_429: f64) -> Faults {
     Faults {
-        p_429: 0.01,
+        p_429,
         retry_after_s: 1,
         p_5xx: 0.02,
         p_reset: 0.003,
@@ -153,7 +160,9 @@ fn settings(
          [ingest]\nlisten = '127.0.0.1:{http}'\nmetrics_listen = '127.0.0.1:{metrics}'\n\
          [ingest.sources.{src}]\nsecret_env = 'CHAOS_SOURCE_SECRET'\nrate_per_second = 1000000\nburst = 100000\n\
          [processor]\nstatic_membership = true\n\
-         [dispatcher]\nstatic_membership = true\nrequest_timeout_ms = 2000\nconnect_timeout_ms = 500\nmax_wait_ms = 3000\n",
+         [dispatcher]\nstatic_membership = true\nrequest_timeout_ms = 2000\nconnect_timeout_ms = 500\nmax_wait_ms = 3000\n\
+         batch_max_records = {batch}\n",
+        batch = k.dispatch_batch,
         http = free_port(),
         metrics = free_port(),
         src = fleet::SOURCE,
@@ -249,7 +258,7 @@ pub async fn run(k: Knobs) -> Report {
         api_key: fleet::API_KEY.into(),
         faults: ADAPTERS
             .iter()
-            .map(|a| (Provider::parse(a).expect("a provider"), moderate()))
+            .map(|a| (Provider::parse(a).expect("a provider"), moderate(k.p_429)))
             .collect(),
         ..SandboxConfig::default()
     })
