@@ -15,8 +15,8 @@ async fn main() {
     let mut knobs = harness::Knobs::from_env(1_000_000, 400.0, 45.0, 20.0);
     let unset = |v: &str| std::env::var_os(v).is_none();
     // A random 429 asks the whole adapter to wait its Retry-After (1 s): at 1 % (the short run's
-    // rate) no client that honours it can make more than about 90 calls a second, a third of what
-    // this run offers the analytics adapter. One call in 2 000 keeps the throttling in the run.
+    // rate) no client that honours it can make more than about 90 calls a second, far below the
+    // one command per event this run offers analytics. One call in 2 000 keeps throttling in it.
     if unset("CHAOS_P429") {
         knobs.p_429 = 0.0005;
     }

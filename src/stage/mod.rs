@@ -362,7 +362,7 @@ impl<W: Work> Runner<W> {
                     };
                     if let Some(by) = by {
                         tracing::error!(adapter = self.adapter(), stage, %instance, newer = %by,
-                            "fenced by another process of the same instance; stopping");
+                            error = %e, "fenced by another process of the same instance; stopping");
                         return Err(StageError::Superseded { instance, by });
                     }
                     counts.rejoins += 1;
