@@ -1,6 +1,7 @@
 //! The router: every provider under its prefix, and the inspection and control endpoints (no
 //! credentials: a loopback tool): `GET /healthz`, `GET /_effects[?provider=]`,
-//! `GET /_calls[?provider=]`, `GET /_faults`, `PUT /_faults/{provider}` (a [`Faults`] JSON
+//! `GET /_calls[?provider=]`, `GET /_counts` (effects and calls by outcome per provider, without
+//! copying the logs: the one to watch a long run with), `GET /_faults`, `PUT /_faults/{provider}` (a [`Faults`] JSON
 //! object, replacing), `POST /_reset`, `POST /_clock/advance` (`{"ms": N}`). Unknown paths and
 //! wrong methods answer JSON too.
 
@@ -62,6 +63,7 @@ pub fn router(state: Arc<State>) -> Router {
         )
         .route("/_effects", get(effects))
         .route("/_calls", get(calls))
+        .route("/_counts", get(counts))
         .route("/_faults", get(faults))
         .route("/_faults/{provider}", put(set_faults))
         .route("/_reset", post(reset))
@@ -89,6 +91,15 @@ async fn calls(Extract(state): Extract<Arc<State>>, Query(q): Query<Which>) -> R
         Ok(p) => axum::Json(json!({"calls": state.calls(p)})).into_response(),
         Err(r) => r,
     }
+}
+
+async fn counts(Extract(state): Extract<Arc<State>>) -> Response {
+    let all: BTreeMap<Provider, serde_json::Value> = state
+        .counts()
+        .into_iter()
+        .map(|(p, (effects, calls))| (p, json!({"effects": effects, "calls": calls})))
+        .collect();
+    axum::Json(all).into_response()
 }
 
 async fn faults(Extract(state): Extract<Arc<State>>) -> Response {

@@ -246,6 +246,24 @@ impl State {
             .collect()
     }
 
+    /// How many effects and calls each provider has had, calls by outcome: what a long run can
+    /// watch without copying the logs.
+    pub fn counts(&self) -> BTreeMap<Provider, (usize, BTreeMap<String, usize>)> {
+        let inner = self.lock();
+        let mut out: BTreeMap<Provider, (usize, BTreeMap<String, usize>)> = BTreeMap::new();
+        for e in &inner.effects {
+            out.entry(e.provider).or_default().0 += 1;
+        }
+        for c in &inner.calls {
+            *out.entry(c.provider)
+                .or_default()
+                .1
+                .entry(c.outcome.clone())
+                .or_default() += 1;
+        }
+        out
+    }
+
     /// Records an effect.
     pub fn effect(&self, effect: Effect) {
         self.lock().effects.push(effect);

@@ -201,6 +201,19 @@ async fn analytics_deduplicates_message_ids_and_the_crm_upserts_by_email() {
         .map(|c| c.outcome.clone())
         .collect();
     assert_eq!(outcomes, ["ok", "deduplicated"]);
+    let counts: Json = client()
+        .get(format!("{base}/_counts"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        counts["analytics"],
+        json!({"effects": 1, "calls": {"ok": 1, "deduplicated": 1}}),
+        "{counts}"
+    );
 
     let upsert = |first: &'static str| {
         let base = base.clone();
