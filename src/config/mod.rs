@@ -10,7 +10,7 @@
 //! - Secrets never live in the file: later sections read them from the environment or a file path.
 //!
 //! The sections of each role live beside this file: `stage.rs` (processor and dispatcher),
-//! `ingest.rs`, `adapters.rs`, `console.rs` and `telemetry.rs`.
+//! `ingest.rs`, `kafka.rs`, `adapters.rs`, `console.rs` and `telemetry.rs`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,18 +25,21 @@ use serde::Deserialize;
 mod adapters;
 mod console;
 mod ingest;
+mod kafka;
 mod stage;
 mod telemetry;
 
 pub use adapters::{AdapterSettings, BreakerSettings, InDoubt};
 pub use console::ConsoleSettings;
 pub use ingest::{IngestSettings, SourceSettings};
+pub use kafka::KafkaSettings;
 pub use stage::{DispatcherSettings, Guarantee, ProcessorSettings, StageSettings};
 pub use telemetry::TelemetrySettings;
 
 use adapters::RawAdapter;
 use console::RawConsole;
 use ingest::RawIngest;
+use kafka::RawKafka;
 use stage::{RawDispatcher, RawProcessor};
 use telemetry::RawTelemetry;
 
@@ -135,21 +138,6 @@ impl SecretRef {
     }
 }
 
-/// Broker connection and client tuning.
-#[derive(Debug, Clone)]
-pub struct KafkaSettings {
-    /// `host:port` list.
-    pub bootstrap_servers: String,
-    /// Client id prefix; the role is appended.
-    pub client_id: String,
-    /// Upper bound of one Kafka transaction before the coordinator aborts it.
-    pub transaction_timeout: Duration,
-    /// librdkafka's bound on one produce request being acknowledged.
-    pub message_timeout: Duration,
-    /// Consumer session timeout: how long a silent member keeps its partitions.
-    pub session_timeout: Duration,
-}
-
 /// Schema registry connection.
 #[derive(Debug, Clone)]
 pub struct RegistrySettings {
@@ -211,28 +199,6 @@ impl Default for Raw {
             dispatcher: RawDispatcher::default(),
             console: RawConsole::default(),
             telemetry: RawTelemetry::default(),
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct RawKafka {
-    bootstrap_servers: String,
-    client_id: String,
-    transaction_timeout_ms: u64,
-    message_timeout_ms: u64,
-    session_timeout_ms: u64,
-}
-
-impl Default for RawKafka {
-    fn default() -> Self {
-        RawKafka {
-            bootstrap_servers: "127.0.0.1:9092".into(),
-            client_id: "onceflow".into(),
-            transaction_timeout_ms: 60_000,
-            message_timeout_ms: 30_000,
-            session_timeout_ms: 10_000,
         }
     }
 }
@@ -359,50 +325,7 @@ pub(crate) fn millis(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration,
 fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     check_name("namespace", &raw.namespace)?;
 
-    let k = raw.kafka;
-    if k.bootstrap_servers.trim().is_empty() {
-        return Err(invalid(
-            "kafka.bootstrap_servers",
-            "must list at least one host:port",
-        ));
-    }
-    for server in k.bootstrap_servers.split(',') {
-        let ok = server.trim().rsplit_once(':').is_some_and(|(host, port)| {
-            !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-        });
-        if !ok {
-            return Err(invalid(
-                "kafka.bootstrap_servers",
-                format!("`{server}` is not host:port"),
-            ));
-        }
-    }
-    check_name("kafka.client_id", &k.client_id)?;
-    // The broker caps transaction.timeout.ms at transaction.max.timeout.ms (15 min by default).
-    let transaction_timeout = millis(
-        "kafka.transaction_timeout_ms",
-        k.transaction_timeout_ms,
-        1_000,
-        900_000,
-    )?;
-    let message_timeout = millis(
-        "kafka.message_timeout_ms",
-        k.message_timeout_ms,
-        1_000,
-        900_000,
-    )?;
-    if message_timeout > transaction_timeout {
-        return Err(invalid(
-            "kafka.message_timeout_ms",
-            "must not exceed kafka.transaction_timeout_ms (librdkafka refuses it)",
-        ));
-    }
-    let session_timeout = millis(
-        "kafka.session_timeout_ms",
-        k.session_timeout_ms,
-        1_000,
-        300_000,
-    )?;
+    let kafka = kafka::validate(raw.kafka)?;
 
     let r = raw.registry;
     if !(r.url.starts_with("http://") || r.url.starts_with("https://")) {
@@ -464,13 +387,7 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
 
     Ok(Settings {
         namespace: raw.namespace,
-        kafka: KafkaSettings {
-            bootstrap_servers: k.bootstrap_servers,
-            client_id: k.client_id,
-            transaction_timeout,
-            message_timeout,
-            session_timeout,
-        },
+        kafka,
         registry: RegistrySettings {
             url: r.url.trim_end_matches('/').to_string(),
             auto_register: r.auto_register,
@@ -531,6 +448,14 @@ mod tests {
         assert_eq!(
             err_key("[topics]\npartitions = 0\n[adapters.crm]"),
             "topics.partitions"
+        );
+        assert_eq!(
+            err_key("[kafka]\nprefetch_records = 0\n[adapters.crm]"),
+            "kafka.prefetch_records"
+        );
+        assert_eq!(
+            err_key("[kafka]\nprefetch_kbytes = 2097152\n[adapters.crm]"),
+            "kafka.prefetch_kbytes"
         );
         assert_eq!(
             err_key("[retry]\ntiers_ms = []\n[adapters.crm]"),

@@ -6,6 +6,11 @@
 //!   duplicated by a librdkafka retry.
 //! - Every consumer reads with `isolation.level=read_committed`, never auto-commits offsets and
 //!   never auto-stores them: offsets move only through a transaction or an explicit commit.
+//! - Every consumer's prefetch is bounded in records per partition and in bytes overall
+//!   ([`KafkaSettings::prefetch_records`], [`KafkaSettings::prefetch_kbytes`]), set explicitly
+//!   from the settings. The defaults are librdkafka's own (100 000 records a partition, 64 MB);
+//!   lower bounds are what keeps a stage that is behind from holding more queued input than its
+//!   whole dedupe state (issue 6/6 measures them).
 //! - A transactional producer's `transaction.timeout.ms` bounds how long a crashed instance can hold
 //!   back `read_committed` readers; librdkafka requires `message.timeout.ms` not to exceed it, which
 //!   the settings validation enforces.
@@ -35,6 +40,8 @@ mod key {
     pub const SESSION_TIMEOUT_MS: &str = "session.timeout.ms";
     pub const PARTITION_ASSIGNMENT_STRATEGY: &str = "partition.assignment.strategy";
     pub const ENABLE_PARTITION_EOF: &str = "enable.partition.eof";
+    pub const QUEUED_MIN_MESSAGES: &str = "queued.min.messages";
+    pub const QUEUED_MAX_MESSAGES_KBYTES: &str = "queued.max.messages.kbytes";
     pub const PARTITIONER: &str = "partitioner";
     pub const STATISTICS_INTERVAL_MS: &str = "statistics.interval.ms";
 }
@@ -147,7 +154,15 @@ pub fn consumer(
         )
         // Cooperative rebalancing: a rebalance revokes only the partitions that move.
         .set(key::PARTITION_ASSIGNMENT_STRATEGY, "cooperative-sticky")
-        .set(key::ENABLE_PARTITION_EOF, "false");
+        .set(key::ENABLE_PARTITION_EOF, "false")
+        .set(
+            key::QUEUED_MIN_MESSAGES,
+            settings.prefetch_records.to_string(),
+        )
+        .set(
+            key::QUEUED_MAX_MESSAGES_KBYTES,
+            settings.prefetch_kbytes.to_string(),
+        );
     c
 }
 
@@ -194,5 +209,7 @@ mod tests {
         assert_eq!(c.get(key::ENABLE_AUTO_COMMIT), Some("false"));
         assert_eq!(c.get(key::ENABLE_AUTO_OFFSET_STORE), Some("false"));
         assert_eq!(c.get(key::AUTO_OFFSET_RESET), Some("earliest"));
+        assert_eq!(c.get(key::QUEUED_MIN_MESSAGES), Some("100000"));
+        assert_eq!(c.get(key::QUEUED_MAX_MESSAGES_KBYTES), Some("65536"));
     }
 }
