@@ -357,3 +357,78 @@ async fn an_executed_reset_is_audited_and_a_dry_run_is_not() {
     common::cleanup_plan(&s).await;
     common::cleanup(&s, &[&topic]).await;
 }
+
+/// A transaction holding offsets for the group (a stage's batch between `send_offsets` and its
+/// commit, or a killed stage's until its successor or the broker aborts it) does not stall the
+/// lag look-up: lag counts what the group has committed. A `read_committed` client asks the broker
+/// for stable offsets and librdkafka retries while any is pending, so in the 1 M chaos run, with
+/// dispatchers committing several times a second, every deliver group's look-up failed after 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lag_is_read_while_a_transaction_holds_offsets_of_the_group() {
+    use onceflow::kafka::admin::group_lag;
+    use onceflow::kafka::txn::{TxProducer, group_metadata};
+
+    let s = common::settings();
+    let topic = common::topic(&s, "lag.pending", 1).await;
+    let producer: FutureProducer = client::producer(&s.kafka, "test.fill").create().unwrap();
+    for _ in 0..10 {
+        producer
+            .send(
+                FutureRecord::to(&topic).key("k").payload("v"),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+    }
+    let group = format!("{}.lag", s.namespace);
+    commit(&s, &group, &topic, &[(0, 4)]);
+    let lag = |s: &Settings| {
+        let (k, g, t) = (s.kafka.clone(), group.clone(), vec![topic.clone()]);
+        tokio::task::spawn_blocking(move || group_lag(&k, &g, &t))
+    };
+    assert_eq!(lag(&s).await.unwrap().unwrap(), 6);
+
+    let tx = TxProducer::init(&s.kafka, "test.lag", &format!("{}.lag.tx", s.namespace))
+        .await
+        .unwrap();
+    let member: BaseConsumer = client::consumer(
+        &s.kafka,
+        "test.lag",
+        &group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()
+    .unwrap();
+    // A member of the group, as a stage is: the broker fences a transaction that commits offsets
+    // for a group it has no member in.
+    member.subscribe(&[&topic]).unwrap();
+    let joined = std::time::Instant::now() + Duration::from_secs(30);
+    while member.assignment().unwrap().count() == 0 {
+        assert!(std::time::Instant::now() < joined, "never assigned");
+        member.poll(Duration::from_millis(100));
+    }
+    tx.begin().await.unwrap();
+    let mut pending = TopicPartitionList::new();
+    pending
+        .add_partition_offset(&topic, 0, Offset::Offset(8))
+        .unwrap();
+    tx.send_offsets(pending, group_metadata(&member).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        lag(&s)
+            .await
+            .unwrap()
+            .expect("lag while offsets are pending"),
+        6,
+        "pending offsets are not committed yet"
+    );
+    // Before the fix the look-up returned only once the broker had aborted the transaction at its
+    // time-out (20 s, under the look-up's 30 s), so this commit was fenced.
+    tx.commit()
+        .await
+        .expect("the look-up did not wait for the transaction to end");
+    assert_eq!(lag(&s).await.unwrap().unwrap(), 2, "committed now");
+    common::cleanup(&s, &[&topic]).await;
+}
