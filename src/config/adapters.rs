@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, SecretRef, check_name, invalid, millis};
+use super::{ConfigError, SecretRef, check_name, invalid, millis, within};
 use crate::model::EventType;
 
 /// What the dispatcher does with a command found attempted but not known done (a crash or a lost
@@ -205,12 +205,7 @@ pub(super) fn validate(
             }
         };
         let rate_per_second = a.rate_per_second.unwrap_or(50);
-        if !(1..=100_000).contains(&rate_per_second) {
-            return Err(invalid(
-                key("rate_per_second"),
-                "must be between 1 and 100000",
-            ));
-        }
+        within(&key("rate_per_second"), rate_per_second, 1..=100_000)?;
         let burst = a.burst.unwrap_or(rate_per_second);
         if burst == 0 {
             return Err(invalid(key("burst"), "must be at least 1"));
@@ -255,17 +250,13 @@ fn breaker(name: &str, raw: RawBreaker) -> Result<BreakerSettings, ConfigError> 
     let key = |k: &str| format!("adapters.{name}.breaker.{k}");
     let d = BreakerSettings::default();
     let failures = raw.failures.unwrap_or(d.failures);
-    if !(1..=1_000).contains(&failures) {
-        return Err(invalid(key("failures"), "must be between 1 and 1000"));
-    }
+    within(&key("failures"), failures, 1..=1_000)?;
     let failure_rate = raw.failure_rate.unwrap_or(d.failure_rate);
     if !(failure_rate > 0.0 && failure_rate <= 1.0) {
         return Err(invalid(key("failure_rate"), "must be in (0, 1]"));
     }
     let window = raw.window.unwrap_or(d.window);
-    if !(1..=10_000).contains(&window) {
-        return Err(invalid(key("window"), "must be between 1 and 10000"));
-    }
+    within(&key("window"), window, 1..=10_000)?;
     let open = match raw.open_ms {
         Some(ms) => millis(&key("open_ms"), ms, 10, 3_600_000)?,
         None => d.open,
@@ -278,9 +269,7 @@ fn breaker(name: &str, raw: RawBreaker) -> Result<BreakerSettings, ConfigError> 
         return Err(invalid(key("max_open_ms"), "must not be below open_ms"));
     }
     let probes = raw.probes.unwrap_or(d.probes);
-    if !(1..=100).contains(&probes) {
-        return Err(invalid(key("probes"), "must be between 1 and 100"));
-    }
+    within(&key("probes"), probes, 1..=100)?;
     Ok(BreakerSettings {
         failures,
         failure_rate,

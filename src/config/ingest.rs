@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, SecretRef, check_name, invalid, millis, socket};
+use super::{ConfigError, SecretRef, check_name, invalid, millis, socket, within};
 use crate::model::EventType;
 
 /// HTTP intake (`onceflow ingest`).
@@ -108,9 +108,7 @@ pub(super) fn validate(raw: RawIngest, inputs: &[String]) -> Result<IngestSettin
             "must be between 1 KiB and 16 MiB",
         ));
     }
-    if !(1..=100).contains(&raw.max_hops) {
-        return Err(invalid("ingest.max_hops", "must be between 1 and 100"));
-    }
+    within("ingest.max_hops", raw.max_hops, 1..=100)?;
     let mut sources = BTreeMap::new();
     for (name, src) in raw.sources {
         let key = |k: &str| format!("ingest.sources.{name}.{k}");

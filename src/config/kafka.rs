@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, check_name, invalid, millis};
+use super::{ConfigError, check_name, invalid, millis, within};
 
 /// Broker connection and client tuning.
 #[derive(Debug, Clone)]
@@ -99,18 +99,8 @@ pub(super) fn validate(k: RawKafka) -> Result<KafkaSettings, ConfigError> {
         300_000,
     )?;
     // librdkafka's own ranges for queued.min.messages and queued.max.messages.kbytes.
-    if !(1..=10_000_000).contains(&k.prefetch_records) {
-        return Err(invalid(
-            "kafka.prefetch_records",
-            format!("{} is outside 1..=10000000", k.prefetch_records),
-        ));
-    }
-    if !(1..=2_097_151).contains(&k.prefetch_kbytes) {
-        return Err(invalid(
-            "kafka.prefetch_kbytes",
-            format!("{} is outside 1..=2097151", k.prefetch_kbytes),
-        ));
-    }
+    within("kafka.prefetch_records", k.prefetch_records, 1..=10_000_000)?;
+    within("kafka.prefetch_kbytes", k.prefetch_kbytes, 1..=2_097_151)?;
 
     Ok(KafkaSettings {
         bootstrap_servers: k.bootstrap_servers,

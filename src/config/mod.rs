@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -315,6 +316,18 @@ pub(crate) fn check_name(key: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `value` if it lies in `range`, else an error naming `key`, the value and the range.
+pub(crate) fn within<T>(key: &str, value: T, range: RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: PartialOrd + std::fmt::Display,
+{
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let detail = format!("{value} is outside {}..={}", range.start(), range.end());
+    Err(invalid(key, detail))
+}
+
 pub(crate) fn millis(key: &str, ms: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
     if ms < min || ms > max {
         return Err(invalid(key, format!("{ms} ms is outside {min}..={max} ms")));
@@ -345,18 +358,8 @@ fn validate(raw: Raw) -> Result<Settings, ConfigError> {
     for (i, name) in t.inputs.iter().enumerate() {
         check_name(&format!("topics.inputs[{i}]"), name)?;
     }
-    if !(1..=10_000).contains(&t.partitions) {
-        return Err(invalid(
-            "topics.partitions",
-            format!("{} is outside 1..=10000", t.partitions),
-        ));
-    }
-    if !(1..=16).contains(&t.replication_factor) {
-        return Err(invalid(
-            "topics.replication_factor",
-            format!("{} is outside 1..=16", t.replication_factor),
-        ));
-    }
+    within("topics.partitions", t.partitions, 1..=10_000)?;
+    within("topics.replication_factor", t.replication_factor, 1..=16)?;
     let dlq_retention = millis(
         "topics.dlq_retention_ms",
         t.dlq_retention_ms,
@@ -434,6 +437,17 @@ mod tests {
     fn err_key(toml: &str) -> String {
         match Settings::from_toml_str(toml) {
             Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_number_out_of_range_says_the_value_and_the_range() {
+        match Settings::from_toml_str("[dispatcher]\nconcurrency = 0\n[adapters.crm]") {
+            Err(ConfigError::Invalid { key, reason }) => {
+                assert_eq!(key, "dispatcher.concurrency");
+                assert_eq!(reason, "0 is outside 1..=1000");
+            }
             other => panic!("expected Invalid, got {other:?}"),
         }
     }

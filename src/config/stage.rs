@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{ConfigError, check_name, invalid, millis, socket};
+use super::{ConfigError, check_name, invalid, millis, socket, within};
 
 /// Delivery guarantee of the processor loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,10 +194,7 @@ fn instance_id(key: &str, configured: Option<String>) -> Result<String, ConfigEr
 }
 
 fn batch_records(key: &str, n: usize) -> Result<usize, ConfigError> {
-    if !(1..=100_000).contains(&n) {
-        return Err(invalid(key, "must be between 1 and 100000"));
-    }
-    Ok(n)
+    within(key, n, 1..=100_000)
 }
 
 fn listen(key: &str, value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
@@ -247,12 +244,7 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
 }
 
 pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettings, ConfigError> {
-    if !(1..=1_000).contains(&raw.concurrency) {
-        return Err(invalid(
-            "dispatcher.concurrency",
-            "must be between 1 and 1000",
-        ));
-    }
+    within("dispatcher.concurrency", raw.concurrency, 1..=1_000)?;
     let connect_timeout = millis(
         "dispatcher.connect_timeout_ms",
         raw.connect_timeout_ms,
