@@ -366,8 +366,10 @@ impl Restore<'_> {
         reader.assign(&tpl)?;
         let started = Instant::now();
         loop {
-            if let Some(m) = reader.poll(Duration::from_millis(100)) {
-                let m = m?;
+            if let Some(polled) = reader.poll(Duration::from_millis(100)) {
+                let Some(m) = crate::kafka::polled::record(&reader, polled)? else {
+                    continue;
+                };
                 out.records_read += 1;
                 let state = out
                     .partitions

@@ -394,8 +394,11 @@ fn records_in(
     let mut count = 0;
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while std::time::Instant::now() < deadline {
-        if let Some(m) = reader.poll(Duration::from_millis(100)) {
-            if m?.offset() < to {
+        if let Some(polled) = reader.poll(Duration::from_millis(100)) {
+            let Some(m) = super::polled::record(&reader, polled)? else {
+                continue;
+            };
+            if m.offset() < to {
                 count += 1;
             }
             continue;

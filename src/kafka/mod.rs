@@ -1,7 +1,7 @@
 //! Everything that knows Kafka: client configs ([`client`], the only home of librdkafka keys), topic
 //! and group names ([`names`], the only place that formats them), topic administration ([`admin`]),
-//! reading a topic to its end ([`scan`]), the transactional loop helpers ([`txn`]) and records whose
-//! header names rdkafka cannot read ([`headers`]).
+//! reading a topic to its end ([`scan`]), the transactional loop helpers ([`txn`]), records whose
+//! header names rdkafka cannot read ([`headers`]) and which consumer errors end a read ([`polled`]).
 //!
 //! Invariant: code outside this module never builds a `ClientConfig` or formats a topic name.
 
@@ -9,5 +9,6 @@ pub mod admin;
 pub mod client;
 pub mod headers;
 pub mod names;
+pub mod polled;
 pub mod scan;
 pub mod txn;

@@ -121,8 +121,10 @@ pub fn scan(
     c.assign(&tpl)?;
     let mut last_progress = Instant::now();
     while last_progress.elapsed() < MAX_WAIT {
-        if let Some(m) = c.poll(Duration::from_millis(100)) {
-            let m = m?;
+        if let Some(polled) = c.poll(Duration::from_millis(100)) {
+            let Some(m) = super::polled::record(&c, polled)? else {
+                continue;
+            };
             last_progress = Instant::now();
             if ends
                 .get(&m.partition())

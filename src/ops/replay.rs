@@ -436,7 +436,9 @@ async fn execute(
             else {
                 continue;
             };
-            let m = m?;
+            let Some(m) = crate::kafka::polled::record(&consumer, m)? else {
+                continue;
+            };
             let p = m.partition();
             if !open.contains(&p) {
                 continue;
