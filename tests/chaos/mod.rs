@@ -408,7 +408,9 @@ pub async fn run(k: Knobs) -> Report {
         && sent.given_up.is_empty()
         && sent.id_mismatch == 0
         && kinds_done
-        && !schedule.iter().any(|f| f.what == faults::WEDGED);
+        && !schedule
+            .iter()
+            .any(|f| f.what == faults::WEDGED || f.what == faults::BROKER_LOST);
     drop(chaos);
     if std::env::var("CHAOS_KEEP_CLUSTER").as_deref() != Ok("1") {
         if clean {
@@ -462,7 +464,7 @@ fn report(
     }
     let count = |w: &str| schedule.iter().filter(|f| f.what == w).count();
     out += &format!(
-        "faults: {} stage SIGKILLs, {} leader kills, {} coordinator kills, {} broker pauses, {} registry restarts; {} stages exited by themselves, {} wedged (restarted by the harness); starts per process: {}\n",
+        "faults: {} stage SIGKILLs, {} leader kills, {} coordinator kills, {} broker pauses, {} registry restarts; {} stages exited by themselves, {} wedged (restarted by the harness), {} brokers lost; starts per process: {}\n",
         count("SIGKILL stage"),
         count("SIGKILL leader"),
         count("SIGKILL coordinator"),
@@ -470,6 +472,7 @@ fn report(
         count("SIGKILL registry"),
         count("exited by itself"),
         count(faults::WEDGED),
+        count(faults::BROKER_LOST),
         restarts.join(", ")
     );
     out += &format!(
