@@ -74,6 +74,21 @@ fn commit(s: &Settings, group: &str, topic: &str, at: &[(i32, i64)]) {
     c.commit(&tpl, CommitMode::Sync).unwrap();
 }
 
+/// A consumer of `group` subscribed to `topic`; it joins as it is polled.
+fn member(s: &Settings, group: &str, topic: &str) -> BaseConsumer {
+    let c: BaseConsumer = client::consumer(
+        &s.kafka,
+        "test.member",
+        group,
+        Isolation::ReadCommitted,
+        StartAt::Earliest,
+    )
+    .create()
+    .unwrap();
+    c.subscribe(&[topic]).unwrap();
+    c
+}
+
 fn committed(s: &Settings, group: &str, topic: &str) -> Vec<(i32, Option<i64>)> {
     let c: BaseConsumer = client::consumer(
         &s.kafka,
@@ -244,16 +259,7 @@ async fn a_reset_is_refused_while_the_group_has_members_naming_them() {
     let s = common::settings();
     let topic = common::topic(&s, "busy", 1).await;
     let group = format!("{}.busy", s.namespace);
-    let member: BaseConsumer = client::consumer(
-        &s.kafka,
-        "test.member",
-        &group,
-        Isolation::ReadCommitted,
-        StartAt::Earliest,
-    )
-    .create()
-    .unwrap();
-    member.subscribe(&[&topic]).unwrap();
+    let member = member(&s, &group, &topic);
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while offsets::members(&s.kafka, &group).unwrap().is_empty() {
         member.poll(Duration::from_millis(100));
@@ -391,18 +397,9 @@ async fn lag_is_read_while_a_transaction_holds_offsets_of_the_group() {
     let tx = TxProducer::init(&s.kafka, "test.lag", &format!("{}.lag.tx", s.namespace))
         .await
         .unwrap();
-    let member: BaseConsumer = client::consumer(
-        &s.kafka,
-        "test.lag",
-        &group,
-        Isolation::ReadCommitted,
-        StartAt::Earliest,
-    )
-    .create()
-    .unwrap();
-    // A member of the group, as a stage is: the broker fences a transaction that commits offsets
-    // for a group it has no member in.
-    member.subscribe(&[&topic]).unwrap();
+    // A member of the group, as a stage is (without one, a first version of this test had its
+    // commit fenced at once).
+    let member = member(&s, &group, &topic);
     let joined = std::time::Instant::now() + Duration::from_secs(30);
     while member.assignment().unwrap().count() == 0 {
         assert!(std::time::Instant::now() < joined, "never assigned");
