@@ -92,7 +92,8 @@ bench-dedupe: stack-up
 	cargo bench --locked --bench dedupe
 
 ## bench-processor: records/s of the processor (exactly-once) vs. the same loop at-least-once,
-## Kafka Streams EOS v2 and Kafka's TransactionalMessageCopier (bench/PROCESSOR.md).
+## Kafka Streams EOS v2 (pass-through, and with the processor's Avro + dedupe work) and Kafka's
+## TransactionalMessageCopier (bench/PROCESSOR.md).
 .PHONY: bench-processor
 bench-processor:
 	bench/processor
