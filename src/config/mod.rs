@@ -472,6 +472,10 @@ mod tests {
             "kafka.prefetch_kbytes"
         );
         assert_eq!(
+            err_key("[kafka]\nprefetch_backoff_ms = 300001\n[adapters.crm]"),
+            "kafka.prefetch_backoff_ms"
+        );
+        assert_eq!(
             err_key("[retry]\ntiers_ms = []\n[adapters.crm]"),
             "retry.tiers_ms"
         );

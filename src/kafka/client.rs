@@ -6,11 +6,12 @@
 //!   duplicated by a librdkafka retry.
 //! - Every consumer reads with `isolation.level=read_committed`, never auto-commits offsets and
 //!   never auto-stores them: offsets move only through a transaction or an explicit commit.
-//! - Every consumer's prefetch is bounded in records per partition and in bytes overall
-//!   ([`KafkaSettings::prefetch_records`], [`KafkaSettings::prefetch_kbytes`]), set explicitly
-//!   from the settings. The defaults are librdkafka's own (100 000 records a partition, 64 MB);
-//!   lower bounds are what keeps a stage that is behind from holding more queued input than its
-//!   whole dedupe state (issue 6/6 measures them).
+//! - Every consumer's prefetch is bounded in records and in bytes over all its partitions
+//!   ([`KafkaSettings::prefetch_records`], [`KafkaSettings::prefetch_kbytes`]), with the
+//!   back-off of a partition found full ([`KafkaSettings::prefetch_backoff`]), set explicitly
+//!   from the settings. The defaults (10 000 records, 16 MB, 10 ms; librdkafka's own are
+//!   100 000, 64 MB, 1 s) keep a stage that is behind from holding more queued input than its
+//!   whole dedupe state: bench/PROCESSOR.md measures them.
 //! - A transactional producer's `transaction.timeout.ms` bounds how long a crashed instance can hold
 //!   back `read_committed` readers; librdkafka requires `message.timeout.ms` not to exceed it, which
 //!   the settings validation enforces.
@@ -42,6 +43,7 @@ mod key {
     pub const ENABLE_PARTITION_EOF: &str = "enable.partition.eof";
     pub const QUEUED_MIN_MESSAGES: &str = "queued.min.messages";
     pub const QUEUED_MAX_MESSAGES_KBYTES: &str = "queued.max.messages.kbytes";
+    pub const FETCH_QUEUE_BACKOFF_MS: &str = "fetch.queue.backoff.ms";
     pub const PARTITIONER: &str = "partitioner";
     pub const STATISTICS_INTERVAL_MS: &str = "statistics.interval.ms";
 }
@@ -162,6 +164,10 @@ pub fn consumer(
         .set(
             key::QUEUED_MAX_MESSAGES_KBYTES,
             settings.prefetch_kbytes.to_string(),
+        )
+        .set(
+            key::FETCH_QUEUE_BACKOFF_MS,
+            settings.prefetch_backoff.as_millis().to_string(),
         );
     c
 }
@@ -209,7 +215,8 @@ mod tests {
         assert_eq!(c.get(key::ENABLE_AUTO_COMMIT), Some("false"));
         assert_eq!(c.get(key::ENABLE_AUTO_OFFSET_STORE), Some("false"));
         assert_eq!(c.get(key::AUTO_OFFSET_RESET), Some("earliest"));
-        assert_eq!(c.get(key::QUEUED_MIN_MESSAGES), Some("100000"));
-        assert_eq!(c.get(key::QUEUED_MAX_MESSAGES_KBYTES), Some("65536"));
+        assert_eq!(c.get(key::QUEUED_MIN_MESSAGES), Some("10000"));
+        assert_eq!(c.get(key::QUEUED_MAX_MESSAGES_KBYTES), Some("16384"));
+        assert_eq!(c.get(key::FETCH_QUEUE_BACKOFF_MS), Some("10"));
     }
 }
