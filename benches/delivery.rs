@@ -21,6 +21,11 @@
 //! = C. Throughput is (N - 1) / (last effect − first effect). The baseline is C = 1 in the same
 //! run (one call at a time: at most 20 per second); the ratio says how much concurrency hides the
 //! provider's latency.
+//!
+//! `BENCH_PARTS` (default `1,2`) picks the parts; `BENCH_KEEP=1` keeps the processes' logs (their
+//! level: `BENCH_RUST_LOG`, default `warn`). The stages' settings come from the environment
+//! like any onceflow process's (`ONCEFLOW__PROCESSOR__BATCH_LINGER_MS=5 cargo bench --bench
+//! delivery`): the figures are for the settings the spawned processes read.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench: a panic is the failure
 
 #[path = "../tests/common/mod.rs"]
@@ -29,16 +34,22 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use onceflow::codec::Codec;
 use onceflow::config::Settings;
 use onceflow::ingest::signature;
+use onceflow::kafka::client::{self, Isolation, StartAt};
 use onceflow::kafka::names::{Names, Stage};
 use onceflow::model::event::now_ms;
 use onceflow::model::identity;
 use onceflow_sandbox::{Faults, Provider, Sandbox, SandboxConfig};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
 use serde_json::json;
 
 const SECRET: &str = "bench-secret";
@@ -91,7 +102,10 @@ fn spawn(config: &Path, args: &[&str], env: &[(&str, String)], log: &Path) -> Ch
         .args(args)
         .env("BENCH_API_KEY", API_KEY)
         .env("BENCH_SOURCE_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(log).unwrap()));
     for (k, v) in env {
@@ -148,13 +162,90 @@ async fn await_effects(
     }
 }
 
+/// A `read_committed` reader of the outbox on its own thread: every record's value with the time
+/// it became visible here (the processor's transaction committed and the reader fetched it).
+/// Values seen by the [`Watcher`], each with the time it was seen (epoch ms).
+type Seen = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
+
+struct Watcher {
+    seen: Seen,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(s: &Settings, topic: &str) -> Watcher {
+        let consumer: BaseConsumer = client::consumer(
+            &s.kafka,
+            "bench.outbox-watcher",
+            &format!("{}.bench.outbox-watcher", s.namespace),
+            Isolation::ReadCommitted,
+            StartAt::Earliest,
+        )
+        .create()
+        .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..s.topics.partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let (seen, stop) = (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (into, halt) = (seen.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !halt.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = consumer.poll(Duration::from_millis(50)) {
+                    let at = now_ms();
+                    let value = m.payload().unwrap_or_default().to_vec();
+                    into.lock().unwrap().push((value, at));
+                }
+            }
+        });
+        Watcher { seen, stop, thread }
+    }
+
+    /// Command id → visible-at ms of every record seen since the last call.
+    async fn drain(&self, registry: &onceflow::config::RegistrySettings) -> HashMap<String, i64> {
+        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
+        let codec = onceflow::codec::AvroCodec::new(registry).unwrap();
+        let mut out = HashMap::with_capacity(seen.len());
+        for (value, at) in seen {
+            let decoded = codec.decode(&value).await.unwrap();
+            let json = onceflow::model::json_avro::to_json(&decoded.value);
+            let id = json["meta"]["command_id"].as_str().unwrap().to_string();
+            out.entry(id).or_insert(at);
+        }
+        out
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+    }
+}
+
 struct Rate {
     rate: usize,
     sent: usize,
     accepted: usize,
     effects: usize,
     intake: Histogram<u64>,
+    outbox: Histogram<u64>,
     e2e: Histogram<u64>,
+}
+
+/// Latency from each command's scheduled send to its time in `at`.
+fn since_scheduled(scheduled: &HashMap<String, i64>, at: &HashMap<String, i64>) -> Histogram<u64> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).unwrap();
+    for (id, t) in at {
+        if let Some(due) = scheduled.get(id) {
+            h.record(((t - due).max(1) as u64).min(3_600_000)).unwrap();
+        }
+    }
+    h
 }
 
 /// Sends `n` webhooks at `rate`/s open loop; returns (command id → scheduled ms, intake histogram,
@@ -265,6 +356,7 @@ async fn part1(dir: &Path) -> Vec<Rate> {
         assert!(Instant::now() < ready, "the intake did not become ready");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let watcher = Watcher::start(&s, &Names::new(&s).outbox("crm"));
     // Warm-up: the groups join, the stores restore, the connections open.
     let (warm, _, _) = open_loop(&base, "warm", 100, 300).await;
     assert_eq!(
@@ -275,25 +367,25 @@ async fn part1(dir: &Path) -> Vec<Rate> {
         "warm-up"
     );
 
+    watcher.drain(&s.registry).await;
+
     let mut out = Vec::new();
     for rate in rates {
         let n = rate * seconds;
         let (scheduled, intake, accepted) = open_loop(&base, &s.namespace, rate, n).await;
         let done = await_effects(&sb.sandbox, &scheduled, Duration::from_secs(120)).await;
-        let mut e2e = Histogram::<u64>::new_with_bounds(1, 3_600_000, 3).unwrap();
-        for (id, at) in &done {
-            e2e.record(((at - scheduled[id]).max(1) as u64).min(3_600_000))
-                .unwrap();
-        }
+        let visible = watcher.drain(&s.registry).await;
         out.push(Rate {
             rate,
             sent: n,
             accepted,
             effects: done.len(),
             intake,
-            e2e,
+            outbox: since_scheduled(&scheduled, &visible),
+            e2e: since_scheduled(&scheduled, &done),
         });
     }
+    watcher.stop();
     for child in [ingest, process, deliver] {
         stop(child);
     }
@@ -360,25 +452,45 @@ async fn part2_one(
 async fn main() {
     let dir = std::env::temp_dir().join(format!("onceflow-bench-delivery-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
+    let parts = env_list("BENCH_PARTS", "1,2");
+    if parts.contains(&1) {
+        print_part1(&part1(&dir).await);
+    }
+    if parts.contains(&2) {
+        part2(&dir).await;
+    }
+    if std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1") {
+        println!("logs: {}", dir.display());
+    } else {
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
 
+fn print_part1(rates: &[Rate]) {
     println!(
         "part 1: signed webhook → contact upserted at the CRM sandbox (open loop, latency from the scheduled send)"
     );
-    let rates = part1(&dir).await;
+    let linger = |stage: &str| {
+        std::env::var(format!("ONCEFLOW__{stage}__BATCH_LINGER_MS"))
+            .map_or("none".to_string(), |v| format!("{v} ms"))
+    };
     println!(
-        "{:>6} {:>7} {:>8} {:>7}  {:<55}  end to end",
-        "ev/s", "sent", "accepted", "effects", "intake (→ 202)"
+        "  batch linger: processor {}, dispatcher {}",
+        linger("PROCESSOR"),
+        linger("DISPATCHER")
     );
-    for r in &rates {
-        println!(
-            "{:>6} {:>7} {:>8} {:>7}  {:<55}  {}",
-            r.rate,
-            r.sent,
-            r.accepted,
-            r.effects,
-            percentiles(&r.intake),
-            percentiles(&r.e2e)
+    println!(
+        "{:>6} {:>7} {:>8} {:>7}  {:<7} latency from the scheduled send",
+        "ev/s", "sent", "accepted", "effects", ""
+    );
+    for r in rates {
+        let head = format!(
+            "{:>6} {:>7} {:>8} {:>7}",
+            r.rate, r.sent, r.accepted, r.effects
         );
+        println!("{head}  {:<7} {}", "intake", percentiles(&r.intake));
+        println!("{:>31}  {:<7} {}", "", "outbox", percentiles(&r.outbox));
+        println!("{:>31}  {:<7} {}", "", "effect", percentiles(&r.e2e));
     }
     if let Some(base) = rates.first() {
         for r in &rates[1..] {
@@ -392,7 +504,9 @@ async fn main() {
             );
         }
     }
+}
 
+async fn part2(dir: &Path) {
     println!("\npart 2: one dispatcher instance, provider answering every call after 50 ms");
     let sb = Sandbox::start(SandboxConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -415,7 +529,7 @@ async fn main() {
     for c in env_list("BENCH_CONCURRENCY", "1,16,64,256") {
         // One call at a time is at most 20/s: a smaller run says as much.
         let count = if c == 1 { 100.min(n) } else { n };
-        let rate = part2_one(&dir, &sb, c, count).await;
+        let rate = part2_one(dir, &sb, c, count).await;
         let base = *baseline.get_or_insert(rate);
         println!(
             "  concurrency {c:>4}: {count:>6} commands, {rate:>8.0} commands/s = {:>6.1}x the baseline, {:>5.1} % of the {:.0}/s that {c} calls of 50 ms allow",
@@ -424,5 +538,4 @@ async fn main() {
             c as f64 * 20.0
         );
     }
-    std::fs::remove_dir_all(&dir).ok();
 }

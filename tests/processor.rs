@@ -621,3 +621,41 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_cra
     );
     common::cleanup_plan(&s).await;
 }
+
+/// With a linger, a batch goes once its input pauses, not when its time bound ends: events under a
+/// 120 s `batch_max` are committed long before it (without the linger the group could not catch up
+/// inside the 60 s limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_a_linger_commits_when_its_input_pauses_not_at_its_time_bound() {
+    let mut s = settings("linger").await;
+    s.processor.batch_max = Duration::from_secs(120);
+    s.processor.batch_linger = Some(Duration::from_millis(20));
+    let running = Running::start(crm(&s));
+    publish(&s, vec![lead("G-1", "g1@x.io"), lead("G-2", "g2@x.io")]).await;
+    await_caught_up(
+        &s,
+        &group(&s, "crm"),
+        &s.topics.inputs,
+        Duration::from_secs(60),
+    )
+    .await;
+    // A second burst, once the first has committed: a batch of its own, as soon as it pauses.
+    publish(&s, vec![lead("G-3", "g3@x.io")]).await;
+    await_caught_up(
+        &s,
+        &group(&s, "crm"),
+        &s.topics.inputs,
+        Duration::from_secs(60),
+    )
+    .await;
+    let counts = running.stop().await;
+    assert_eq!(counts.tally.ok, 3, "{counts:?}");
+    assert!(counts.batches >= 2, "{counts:?}");
+    assert_eq!(
+        outbox_event_ids(&s, &Names::new(&s).outbox("crm"))
+            .await
+            .len(),
+        3
+    );
+    common::cleanup_plan(&s).await;
+}

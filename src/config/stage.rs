@@ -28,6 +28,8 @@ pub struct ProcessorSettings {
     pub batch_max_records: usize,
     /// Longest time a batch collects records before it is committed.
     pub batch_max: Duration,
+    /// A batch also closes once no record has come for this long ([`StageSettings::batch_linger`]).
+    pub batch_linger: Option<Duration>,
     /// This instance's stable name: its `transactional.id` is derived from it, so a restarted
     /// instance fences its own zombie. Two live instances must have different names.
     pub instance_id: String,
@@ -53,6 +55,7 @@ impl ProcessorSettings {
             guarantee: self.guarantee,
             batch_max_records: self.batch_max_records,
             batch_max: self.batch_max,
+            batch_linger: self.batch_linger,
             instance_id: self.instance_id.clone(),
             static_membership: self.static_membership,
         }
@@ -66,6 +69,8 @@ pub struct DispatcherSettings {
     pub batch_max_records: usize,
     /// Longest time a batch collects commands before they are called.
     pub batch_max: Duration,
+    /// A batch also closes once no command has come for this long.
+    pub batch_linger: Option<Duration>,
     /// This instance's stable name (its `transactional.id` derives from it).
     pub instance_id: String,
     /// How long the ledger remembers a command id.
@@ -96,6 +101,7 @@ impl DispatcherSettings {
             guarantee: Guarantee::ExactlyOnce,
             batch_max_records: self.batch_max_records,
             batch_max: self.batch_max,
+            batch_linger: self.batch_linger,
             instance_id: self.instance_id.clone(),
             static_membership: self.static_membership,
         }
@@ -111,6 +117,11 @@ pub struct StageSettings {
     pub batch_max_records: usize,
     /// Longest time a batch collects records.
     pub batch_max: Duration,
+    /// When set, a batch also closes as soon as no record has come for this long: under light
+    /// traffic a batch holds what arrived while the previous one committed and goes at once, under
+    /// heavy traffic records keep coming and batches grow to `batch_max_records` or `batch_max`.
+    /// None: every batch waits out `batch_max` after its first record.
+    pub batch_linger: Option<Duration>,
     /// The instance's stable name.
     pub instance_id: String,
     /// Static group membership.
@@ -123,6 +134,7 @@ pub(super) struct RawProcessor {
     guarantee: String,
     batch_max_records: usize,
     batch_max_ms: u64,
+    batch_linger_ms: Option<u64>,
     instance_id: Option<String>,
     dedupe_ttl_ms: u64,
     shutdown_timeout_ms: u64,
@@ -137,6 +149,7 @@ impl Default for RawProcessor {
             guarantee: "exactly_once".into(),
             batch_max_records: 500,
             batch_max_ms: 100,
+            batch_linger_ms: None,
             instance_id: None,
             dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
             shutdown_timeout_ms: 10_000,
@@ -152,6 +165,7 @@ impl Default for RawProcessor {
 pub(super) struct RawDispatcher {
     batch_max_records: usize,
     batch_max_ms: u64,
+    batch_linger_ms: Option<u64>,
     instance_id: Option<String>,
     ledger_ttl_ms: u64,
     shutdown_timeout_ms: u64,
@@ -169,6 +183,7 @@ impl Default for RawDispatcher {
         RawDispatcher {
             batch_max_records: 200,
             batch_max_ms: 50,
+            batch_linger_ms: None,
             instance_id: None,
             ledger_ttl_ms: 7 * 24 * 3600 * 1000,
             shutdown_timeout_ms: 30_000,
@@ -195,6 +210,11 @@ fn instance_id(key: &str, configured: Option<String>) -> Result<String, ConfigEr
 
 fn batch_records(key: &str, n: usize) -> Result<usize, ConfigError> {
     within(key, n, 1..=100_000)
+}
+
+/// A linger, when set: 0 to 60 s (0: a batch holds only what is already there).
+fn linger(key: &str, ms: Option<u64>) -> Result<Option<Duration>, ConfigError> {
+    ms.map(|ms| millis(key, ms, 0, 60_000)).transpose()
 }
 
 fn listen(key: &str, value: Option<&str>) -> Result<Option<SocketAddr>, ConfigError> {
@@ -224,6 +244,7 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
         guarantee,
         batch_max_records: batch_records("processor.batch_max_records", raw.batch_max_records)?,
         batch_max: millis("processor.batch_max_ms", raw.batch_max_ms, 1, 60_000)?,
+        batch_linger: linger("processor.batch_linger_ms", raw.batch_linger_ms)?,
         instance_id: instance_id("processor.instance_id", raw.instance_id)?,
         dedupe_ttl: millis(
             "processor.dedupe_ttl_ms",
@@ -266,6 +287,7 @@ pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettin
     Ok(DispatcherSettings {
         batch_max_records: batch_records("dispatcher.batch_max_records", raw.batch_max_records)?,
         batch_max: millis("dispatcher.batch_max_ms", raw.batch_max_ms, 1, 60_000)?,
+        batch_linger: linger("dispatcher.batch_linger_ms", raw.batch_linger_ms)?,
         instance_id: instance_id("dispatcher.instance_id", raw.instance_id)?,
         ledger_ttl: millis(
             "dispatcher.ledger_ttl_ms",

@@ -210,7 +210,8 @@ impl<W: Work> Session<'_, W> {
         });
     }
 
-    /// Collects up to `batch_max_records` records, for at most `batch_max` after the first one.
+    /// Collects up to `batch_max_records` records, for at most `batch_max` after the first one,
+    /// and, with a `batch_linger`, only while the next record comes within the linger.
     async fn collect(&mut self) -> Result<Vec<OwnedMessage>, SessionError> {
         let settings = &self.r.loop_settings;
         let mut batch = Vec::new();
@@ -218,7 +219,10 @@ impl<W: Work> Session<'_, W> {
         while batch.len() < settings.batch_max_records {
             let wait = match deadline {
                 None => IDLE_POLL,
-                Some(d) => d.saturating_duration_since(tokio::time::Instant::now()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(tokio::time::Instant::now());
+                    settings.batch_linger.map_or(left, |l| l.min(left))
+                }
             };
             match tokio::time::timeout(wait, self.consumer.recv()).await {
                 Err(_) => break,
