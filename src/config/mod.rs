@@ -432,6 +432,13 @@ mod tests {
         assert_eq!(s.topics.inputs, vec!["events".to_string()]);
         assert_eq!(s.retry.tiers.len(), 3);
         assert_eq!(s.adapter_names().collect::<Vec<_>>(), vec!["crm"]);
+        assert_eq!(s.processor.batch_linger, None);
+        let lingering =
+            Settings::from_toml_str(&format!("{MINIMAL}\n[processor]\nbatch_linger_ms = 0"));
+        assert_eq!(
+            lingering.unwrap().processor.batch_linger,
+            Some(Duration::ZERO)
+        );
     }
 
     fn err_key(toml: &str) -> String {
@@ -496,6 +503,10 @@ mod tests {
         assert_eq!(
             err_key("[adapters.crm]\n[processor]\nbatch_max_records = 0"),
             "processor.batch_max_records"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[dispatcher]\nbatch_linger_ms = 60001"),
+            "dispatcher.batch_linger_ms"
         );
         assert_eq!(
             err_key("[adapters.crm]\nbase_url = 'ftp://x'"),
