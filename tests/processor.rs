@@ -630,24 +630,14 @@ async fn a_batch_with_a_linger_commits_when_its_input_pauses_not_at_its_time_bou
     let mut s = settings("linger").await;
     s.processor.batch_max = Duration::from_secs(120);
     s.processor.batch_linger = Some(Duration::from_millis(20));
+    let g = group(&s, "crm");
+    let caught_up = || await_caught_up(&s, &g, &s.topics.inputs, Duration::from_secs(60));
     let running = Running::start(crm(&s));
     publish(&s, vec![lead("G-1", "g1@x.io"), lead("G-2", "g2@x.io")]).await;
-    await_caught_up(
-        &s,
-        &group(&s, "crm"),
-        &s.topics.inputs,
-        Duration::from_secs(60),
-    )
-    .await;
+    caught_up().await;
     // A second burst, once the first has committed: a batch of its own, as soon as it pauses.
     publish(&s, vec![lead("G-3", "g3@x.io")]).await;
-    await_caught_up(
-        &s,
-        &group(&s, "crm"),
-        &s.topics.inputs,
-        Duration::from_secs(60),
-    )
-    .await;
+    caught_up().await;
     let counts = running.stop().await;
     assert_eq!(counts.tally.ok, 3, "{counts:?}");
     assert!(counts.batches >= 2, "{counts:?}");
