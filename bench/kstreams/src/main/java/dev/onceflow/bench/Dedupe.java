@@ -3,23 +3,17 @@ package dev.onceflow.bench;
 import java.io.ByteArrayOutputStream;
 import java.io.IOException;
 import java.io.InputStream;
-import java.io.UncheckedIOException;
 import java.nio.ByteBuffer;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
-import java.time.Duration;
-import java.util.Comparator;
 import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
 import java.util.Properties;
 import java.util.Set;
-import java.util.concurrent.CountDownLatch;
-import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.LongAdder;
-import java.util.stream.Stream;
 
 import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
@@ -37,11 +31,8 @@ import org.apache.kafka.common.header.Headers;
 import org.apache.kafka.common.header.internals.RecordHeaders;
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.common.utils.Bytes;
-import org.apache.kafka.streams.CloseOptions;
 import org.apache.kafka.streams.KafkaStreams;
-import org.apache.kafka.streams.StreamsConfig;
 import org.apache.kafka.streams.Topology;
-import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
 import org.apache.kafka.streams.processor.api.Processor;
 import org.apache.kafka.streams.processor.api.ProcessorContext;
 import org.apache.kafka.streams.processor.api.ProcessorSupplier;
@@ -194,19 +185,7 @@ public final class Dedupe {
 
         Path stateDir = Files.createTempDirectory("onceflow-bench-kstreams-dedupe-");
 
-        Properties props = new Properties();
-        props.put(StreamsConfig.APPLICATION_ID_CONFIG, applicationId);
-        props.put(StreamsConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
-        props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.EXACTLY_ONCE_V2);
-        props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, commitIntervalMs);
-        props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, threads);
-        props.put(StreamsConfig.STATE_DIR_CONFIG, stateDir.toString());
-        props.put(StreamsConfig.DEFAULT_KEY_SERDE_CLASS_CONFIG, Serdes.ByteArraySerde.class);
-        props.put(StreamsConfig.DEFAULT_VALUE_SERDE_CLASS_CONFIG, Serdes.ByteArraySerde.class);
-        // Streams' own default for its consumers, spelled out: a new group starts at the beginning.
-        props.put(StreamsConfig.consumerPrefix("auto.offset.reset"), "earliest");
-        // No global store here; set only to silence Streams 4.3's start-up warning about it.
-        props.put("processing.exception.handler.global.enabled", "true");
+        Properties props = EosApp.settings(applicationId, bootstrap, commitIntervalMs, threads, stateDir);
 
         Topology topology = new Topology();
         topology.addSource(SOURCE, Serdes.ByteArray().deserializer(), Serdes.ByteArray().deserializer(), input);
@@ -216,52 +195,7 @@ public final class Dedupe {
         topology.addSink(SINK_DEAD, deadLetter, Serdes.ByteArray().serializer(), Serdes.ByteArray().serializer(),
             PROCESSOR);
 
-        KafkaStreams streams = new KafkaStreams(topology, props);
-        CountDownLatch stopped = new CountDownLatch(1);
-        AtomicBoolean announced = new AtomicBoolean(false);
-        AtomicBoolean failed = new AtomicBoolean(false);
-
-        streams.setStateListener((now, before) -> {
-            if (now == KafkaStreams.State.RUNNING && announced.compareAndSet(false, true)) {
-                System.out.println("running " + System.currentTimeMillis());
-                System.out.flush();
-            }
-            if (now == KafkaStreams.State.ERROR) {
-                failed.set(true);
-                stopped.countDown();
-            }
-        });
-        streams.setUncaughtExceptionHandler(e -> {
-            System.err.println("dedupe failed: " + e);
-            failed.set(true);
-            return StreamsUncaughtExceptionHandler.StreamThreadExceptionResponse.SHUTDOWN_CLIENT;
-        });
-
-        // Leave the group on close (see PassThrough), so that the harness can delete the group.
-        CloseOptions close = CloseOptions
-            .groupMembershipOperation(CloseOptions.GroupMembershipOperation.LEAVE_GROUP)
-            .withTimeout(Duration.ofSeconds(30));
-        Thread hook = new Thread(() -> {
-            printThreadMetrics(streams);
-            streams.close(close);
-            streams.cleanUp();
-            deleteTree(stateDir);
-            printSummary();
-            System.out.println("closed " + System.currentTimeMillis());
-            System.out.flush();
-            stopped.countDown();
-        }, "dedupe-shutdown");
-        Runtime.getRuntime().addShutdownHook(hook);
-
-        streams.start();
-        stopped.await();
-        if (failed.get()) {
-            Runtime.getRuntime().removeShutdownHook(hook);
-            streams.close(close);
-            deleteTree(stateDir);
-            printSummary();
-            System.exit(1);
-        }
+        EosApp.run("dedupe", topology, props, stateDir, Dedupe::printThreadMetrics, Dedupe::printSummary);
     }
 
     /** Where the stream threads' time went (Streams' own thread metrics, to stderr): the share of
@@ -584,23 +518,6 @@ public final class Dedupe {
                 end--;
             }
             return message.substring(0, end);
-        }
-    }
-
-    private static void deleteTree(Path root) {
-        if (!Files.exists(root)) {
-            return;
-        }
-        try (Stream<Path> walk = Files.walk(root)) {
-            walk.sorted(Comparator.reverseOrder()).forEach(p -> {
-                try {
-                    Files.deleteIfExists(p);
-                } catch (IOException e) {
-                    throw new UncheckedIOException(e);
-                }
-            });
-        } catch (IOException | UncheckedIOException e) {
-            System.err.println("could not delete " + root + ": " + e);
         }
     }
 }
