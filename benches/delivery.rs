@@ -162,11 +162,11 @@ async fn await_effects(
     }
 }
 
-/// A `read_committed` reader of the outbox on its own thread: every record's value with the time
-/// it became visible here (the processor's transaction committed and the reader fetched it).
 /// Values seen by the [`Watcher`], each with the time it was seen (epoch ms).
 type Seen = Arc<Mutex<Vec<(Vec<u8>, i64)>>>;
 
+/// A `read_committed` reader of the outbox on its own thread: every record's value with the time
+/// it became visible here (the processor's transaction committed and the reader fetched it).
 struct Watcher {
     seen: Seen,
     stop: Arc<AtomicBool>,
