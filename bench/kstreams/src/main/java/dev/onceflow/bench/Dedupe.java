@@ -112,56 +112,29 @@ public final class Dedupe {
     }
 
     public static void main(String[] args) throws Exception {
-        String bootstrap = "127.0.0.1:9092";
-        String registryUrl = "http://127.0.0.1:8081";
-        String applicationId = null;
-        String input = null;
-        String output = null;
-        String deadLetter = null;
-        String commitIntervalMs = "100";
-        String threads = "1";
-        boolean inMemory = false;
-        for (int i = 0; i < args.length; i++) {
-            String a = args[i];
-            if (a.equals("-h") || a.equals("--help")) {
-                usage();
-                return;
-            }
-            if (a.equals("--self-test")) {
-                Analytics.selfTest();
-                loadCommandSchema();
-                System.out.println("self-test passed");
-                return;
-            }
-            if (i + 1 >= args.length) {
-                System.err.println("missing value after " + a);
-                usage();
-                System.exit(2);
-            }
-            String v = args[++i];
-            switch (a) {
-                case "--bootstrap" -> bootstrap = v;
-                case "--registry" -> registryUrl = v;
-                case "--application-id" -> applicationId = v;
-                case "--input" -> input = v;
-                case "--output" -> output = v;
-                case "--dead-letter" -> deadLetter = v;
-                case "--commit-interval-ms" -> commitIntervalMs = v;
-                case "--threads" -> threads = v;
-                case "--store" -> {
-                    if (!v.equals("rocksdb") && !v.equals("memory")) {
-                        System.err.println("--store is rocksdb or memory");
-                        System.exit(2);
-                    }
-                    inMemory = v.equals("memory");
-                }
-                default -> {
-                    System.err.println("unknown option " + a);
-                    usage();
-                    System.exit(2);
-                }
-            }
+        Map<String, String> o = EosApp.options(args, Set.of("--bootstrap", "--registry", "--application-id",
+            "--input", "--output", "--dead-letter", "--commit-interval-ms", "--threads", "--store"),
+            Set.of("--self-test"), Dedupe::usage);
+        if (o.containsKey("--self-test")) {
+            Analytics.selfTest();
+            loadCommandSchema();
+            System.out.println("self-test passed");
+            return;
         }
+        String bootstrap = o.getOrDefault("--bootstrap", "127.0.0.1:9092");
+        String registryUrl = o.getOrDefault("--registry", "http://127.0.0.1:8081");
+        String applicationId = o.get("--application-id");
+        String input = o.get("--input");
+        String output = o.get("--output");
+        String deadLetter = o.get("--dead-letter");
+        String commitIntervalMs = o.getOrDefault("--commit-interval-ms", "100");
+        String threads = o.getOrDefault("--threads", "1");
+        String store = o.getOrDefault("--store", "rocksdb");
+        if (!store.equals("rocksdb") && !store.equals("memory")) {
+            System.err.println("--store is rocksdb or memory");
+            System.exit(2);
+        }
+        boolean inMemory = store.equals("memory");
         if (applicationId == null || input == null || output == null || deadLetter == null) {
             usage();
             System.exit(2);

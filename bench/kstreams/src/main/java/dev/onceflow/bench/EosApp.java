@@ -6,7 +6,10 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.time.Duration;
 import java.util.Comparator;
+import java.util.HashMap;
+import java.util.Map;
 import java.util.Properties;
+import java.util.Set;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.stream.Stream;
@@ -35,6 +38,38 @@ import org.apache.kafka.streams.errors.StreamsUncaughtExceptionHandler;
  */
 final class EosApp {
     private EosApp() {}
+
+    /**
+     * The command line as option → value: {@code --name value} for each of {@code options},
+     * {@code --name} alone (value "true") for each of {@code flags}. {@code -h}/{@code --help}
+     * prints {@code usage} and exits 0; an unknown option or a missing value prints it and exits 2.
+     */
+    static Map<String, String> options(String[] args, Set<String> options, Set<String> flags, Runnable usage) {
+        Map<String, String> out = new HashMap<>();
+        for (int i = 0; i < args.length; i++) {
+            String a = args[i];
+            if (a.equals("-h") || a.equals("--help")) {
+                usage.run();
+                System.exit(0);
+            }
+            if (flags.contains(a)) {
+                out.put(a, "true");
+                continue;
+            }
+            if (!options.contains(a)) {
+                System.err.println("unknown option " + a);
+                usage.run();
+                System.exit(2);
+            }
+            if (i + 1 >= args.length) {
+                System.err.println("missing value after " + a);
+                usage.run();
+                System.exit(2);
+            }
+            out.put(a, args[++i]);
+        }
+        return out;
+    }
 
     /** The EOS v2 settings of a contender; the caller adds its own. */
     static Properties settings(String applicationId, String bootstrap, String commitIntervalMs, String threads,

@@ -2,7 +2,9 @@ package dev.onceflow.bench;
 
 import java.nio.file.Files;
 import java.nio.file.Path;
+import java.util.Map;
 import java.util.Properties;
+import java.util.Set;
 
 import org.apache.kafka.common.serialization.Serdes;
 import org.apache.kafka.streams.StreamsBuilder;
@@ -46,38 +48,14 @@ public final class PassThrough {
     }
 
     public static void main(String[] args) throws Exception {
-        String bootstrap = "127.0.0.1:9092";
-        String applicationId = null;
-        String input = null;
-        String output = null;
-        String commitIntervalMs = "100";
-        String threads = "1";
-        for (int i = 0; i < args.length; i++) {
-            String a = args[i];
-            if (a.equals("-h") || a.equals("--help")) {
-                usage();
-                return;
-            }
-            if (i + 1 >= args.length) {
-                System.err.println("missing value after " + a);
-                usage();
-                System.exit(2);
-            }
-            String v = args[++i];
-            switch (a) {
-                case "--bootstrap" -> bootstrap = v;
-                case "--application-id" -> applicationId = v;
-                case "--input" -> input = v;
-                case "--output" -> output = v;
-                case "--commit-interval-ms" -> commitIntervalMs = v;
-                case "--threads" -> threads = v;
-                default -> {
-                    System.err.println("unknown option " + a);
-                    usage();
-                    System.exit(2);
-                }
-            }
-        }
+        Map<String, String> o = EosApp.options(args, Set.of("--bootstrap", "--application-id", "--input",
+            "--output", "--commit-interval-ms", "--threads"), Set.of(), PassThrough::usage);
+        String bootstrap = o.getOrDefault("--bootstrap", "127.0.0.1:9092");
+        String applicationId = o.get("--application-id");
+        String input = o.get("--input");
+        String output = o.get("--output");
+        String commitIntervalMs = o.getOrDefault("--commit-interval-ms", "100");
+        String threads = o.getOrDefault("--threads", "1");
         if (applicationId == null || input == null || output == null) {
             usage();
             System.exit(2);
