@@ -86,11 +86,11 @@ fn memory(n: usize) {
             entry: at(i),
         });
         if batch.len() == 500 {
-            store.apply(&batch);
+            store.apply(&batch, &[]).unwrap();
             batch.clear();
         }
     }
-    store.apply(&batch);
+    store.apply(&batch, &[]).unwrap();
     drop(batch);
     let new_bytes = held(&region) / n as f64;
     assert_eq!(store.len(), n);
@@ -173,8 +173,9 @@ async fn restore(n: usize) {
 
     let dir = std::env::temp_dir().join(format!("onceflow-bench-{}", s.namespace));
     let (k, t, d) = (s.kafka.clone(), topic.clone(), dir.clone());
-    let (took, from_file, entries, records) = tokio::task::spawn_blocking(move || {
-        let restore = |checkpoints| {
+    let runs = tokio::task::spawn_blocking(move || {
+        let restore = |state_dir, backend| {
+            let region = Region::new(GLOBAL);
             let started = Instant::now();
             let restored = dedupe::Restore {
                 kafka: &k,
@@ -184,57 +185,136 @@ async fn restore(n: usize) {
                 ttl: TTL,
                 now: now_ms(),
                 max_wait: Duration::from_secs(60),
-                checkpoints,
+                state_dir,
+                backend,
             }
             .run::<i64>()
             .unwrap();
-            (started.elapsed(), restored)
+            let took = started.elapsed();
+            let entries: usize = restored
+                .partitions
+                .values()
+                .map(dedupe::Partition::len)
+                .sum();
+            assert_eq!(entries, n);
+            let bytes = held(&region) / n as f64;
+            let mut store = DedupeStore::new(TTL);
+            for (p, state) in restored.partitions {
+                store.insert_partition(p, state);
+            }
+            Run {
+                took,
+                bytes,
+                read: (restored.from_checkpoints, restored.records_read),
+                lookups: lookups(&store, n),
+                store,
+            }
         };
-        let (took, restored) = restore(None);
+        let memory = restore(None, dedupe::Backend::Memory);
         // Checkpoints of what was restored, then a restore from them (the changelog's tail is
         // empty: what a restart after a clean stop reads).
-        for (p, state) in &restored.partitions {
-            dedupe::checkpoint::write(&d, &t, *p, state, now_ms()).unwrap();
+        for p in 0..PARTITIONS {
+            if let Some(dedupe::Partition::Memory(state)) = memory.store.partition(p) {
+                dedupe::checkpoint::write(&d, &t, p, state, now_ms()).unwrap();
+            }
         }
-        let (from_file, again) = restore(Some(&d));
-        let entries: usize = restored
-            .partitions
-            .values()
-            .map(dedupe::Partition::len)
-            .sum();
-        (
-            took,
-            from_file,
-            entries,
-            (again.from_checkpoints, again.records_read),
-        )
+        let checkpointed = restore(Some(&d), dedupe::Backend::Memory);
+        // On disk: the whole changelog into fresh files, then a restart that finds them (the
+        // restore ends with a durable commit; dropping the store closes the files).
+        let files = d.join("disk");
+        let mut disk = restore(Some(&files), dedupe::Backend::Disk);
+        disk.store = DedupeStore::new(TTL);
+        let reopened = restore(Some(&files), dedupe::Backend::Disk);
+        let file_bytes = dir_bytes(&files);
+        (memory, checkpointed, disk, reopened, file_bytes)
     })
     .await
     .unwrap();
+    let (memory, checkpointed, disk, reopened, disk_bytes) = runs;
     std::fs::remove_dir_all(&dir).unwrap();
-    assert_eq!(entries, n);
+    assert_eq!(memory.read, (0, n));
     assert_eq!(
-        records,
+        checkpointed.read,
         (n, 0),
         "all from the checkpoints, nothing from the changelog"
     );
+    assert_eq!(disk.read, (0, n), "fresh files read the changelog whole");
+    assert_eq!(reopened.read, (n, 0), "a restart finds its files");
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
         "restore {n:>10} keys: {:.0} keys/s in {:.2} s; a bare consumer {:.0} records/s in {:.2} s; \
          restore/bare {:.2}×",
-        rate(took),
-        took.as_secs_f64(),
+        rate(memory.took),
+        memory.took.as_secs_f64(),
         rate(ceiling),
         ceiling.as_secs_f64(),
-        rate(took) / rate(ceiling)
+        rate(memory.took) / rate(ceiling)
     );
     println!(
         "restore {n:>10} keys from checkpoints: {:.0} keys/s in {:.2} s; {:.2}× the changelog restore",
-        rate(from_file),
-        from_file.as_secs_f64(),
-        rate(from_file) / rate(took)
+        rate(checkpointed.took),
+        checkpointed.took.as_secs_f64(),
+        rate(checkpointed.took) / rate(memory.took)
+    );
+    println!(
+        "disk    {n:>10} keys: changelog into files {:.0} keys/s in {:.2} s ({:.2}× the memory restore); \
+         restart on the files {:.2} s; {:.1} MB of files",
+        rate(disk.took),
+        disk.took.as_secs_f64(),
+        rate(disk.took) / rate(memory.took),
+        reopened.took.as_secs_f64(),
+        disk_bytes as f64 / 1e6
+    );
+    println!(
+        "heap    {n:>10} keys: memory {:.1} B/key, disk {:.1} B/key (redb cache and index pages)",
+        memory.bytes, disk.bytes
+    );
+    let per = |l: Duration| l.as_nanos() as f64 / (2 * n) as f64;
+    println!(
+        "lookup  {n:>10} keys (half hits, half misses): memory {:.0} ns, disk {:.0} ns ({:.1}×)",
+        per(memory.lookups),
+        per(disk.lookups),
+        per(disk.lookups) / per(memory.lookups)
     );
     common::cleanup(&s, &[&topic]).await;
+}
+
+/// One restore's figures, and the store it built.
+struct Run {
+    took: Duration,
+    bytes: f64,
+    read: (usize, usize),
+    lookups: Duration,
+    store: DedupeStore,
+}
+
+/// Time to look up every key written (hits) and as many that were not (misses).
+fn lookups(store: &DedupeStore, n: usize) -> Duration {
+    let now = now_ms();
+    let started = Instant::now();
+    let mut hits = 0;
+    for i in 0..n {
+        let p = i as i32 % PARTITIONS;
+        hits += usize::from(store.contains(p, &id(i), now).unwrap());
+        hits += usize::from(store.contains(p, &id(n + i), now).unwrap());
+    }
+    assert_eq!(hits, n);
+    started.elapsed()
+}
+
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 #[tokio::main]

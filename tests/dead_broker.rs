@@ -55,7 +55,8 @@ async fn restore_lag_and_scan_read_past_a_dead_bootstrap_broker() {
                 ttl: Duration::from_secs(3_600),
                 now: now_ms(),
                 max_wait: Duration::from_secs(20),
-                checkpoints: None,
+                state_dir: None,
+                backend: onceflow::dedupe::Backend::Memory,
             }
             .run::<i64>()
             .unwrap_or_else(|e| panic!("restore {n}: {e}"));

@@ -35,11 +35,15 @@ fn bytes_per_key(n: usize) -> f64 {
     let region = Region::new(GLOBAL);
     let mut store = DedupeStore::new(TTL);
     for batch in changes.chunks(500) {
-        store.apply(batch);
+        store.apply(batch, &[]).unwrap();
     }
     let held = region.change();
     assert_eq!(store.len(), n);
-    assert!(store.contains(5, &identity::event_id("typeform", "form-5"), NOW));
+    assert!(
+        store
+            .contains(5, &identity::event_id("typeform", "form-5"), NOW)
+            .unwrap()
+    );
     let bytes = held.bytes_allocated as f64 - held.bytes_deallocated as f64; // reallocs are in both
     drop(store);
     bytes / n as f64

@@ -26,6 +26,11 @@ struct Harness {
 impl Harness {
     /// A fresh namespace; `static_membership` picks the group membership mode of the instances.
     async fn new(static_membership: bool) -> Harness {
+        Harness::with(static_membership, |_| String::new()).await
+    }
+
+    /// As [`Harness::new`], with more `[processor]` settings (given the test's directory).
+    async fn with(static_membership: bool, processor: impl Fn(&Path) -> String) -> Harness {
         let s = common::settings();
         create_plan(&s).await;
         let dir = std::env::temp_dir().join(format!("onceflow-crash-{}", s.namespace));
@@ -35,8 +40,9 @@ impl Harness {
             &config,
             format!(
                 "{}[adapters.crm]\n\
-                 [processor]\nbatch_max_records = 50\nbatch_max_ms = 50\nstatic_membership = {static_membership}\n",
-                common::config_toml(&s)
+                 [processor]\nbatch_max_records = 50\nbatch_max_ms = 50\nstatic_membership = {static_membership}\n{}",
+                common::config_toml(&s),
+                processor(&dir)
             ),
         )
         .unwrap();
@@ -250,6 +256,53 @@ async fn sigkill_at_arbitrary_points_neither_loses_nor_doubles_a_command() {
         assert_eq!(r.status(), 200, "/{path}");
     }
     terminate(&mut last, &h.dir);
+
+    h.check_exactly_once(&ids).await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_the_store_on_disk_neither_loses_nor_doubles_a_command() {
+    // The dedupe store in files (`store = "disk"`): commits since the last durable one (every
+    // 5 s) die with the process, so each restart finds an older file and must read the changelog
+    // from its offset to know the events decided since.
+    let h = Harness::with(true, |dir| {
+        format!(
+            "state_dir = {:?}\nstore = \"disk\"\n",
+            dir.join("state").display().to_string()
+        )
+    })
+    .await;
+    let ids = fill(&h.settings, 1_500, 300).await;
+    let mut child = h.spawn("a", Some("crash_after_commit:4"), 0);
+    assert!(!child.wait().unwrap().success(), "{}", h.logs());
+    for run in 1..4 {
+        let mut child = h.spawn("a", None, run);
+        std::thread::sleep(Duration::from_millis(fastrand::u64(500..2_500)));
+        kill(&mut child);
+    }
+    let mut last = h.spawn("a", None, 4);
+    // Duplicates of events decided by the killed runs, and some new ones.
+    let mut late: Vec<_> = (0..30)
+        .map(|i| lead(&format!("C-{i}"), &format!("c{i}@x.io")))
+        .collect();
+    late.extend((0..20).map(|i| lead(&format!("late-{i}"), &format!("late{i}@x.io"))));
+    let mut ids = ids;
+    ids.extend(publish(&h.settings, late).await);
+    await_caught_up(&h.settings, &h.group(), &h.settings.topics.inputs, CATCH_UP).await;
+    terminate(&mut last, &h.dir);
+    let files = std::fs::read_dir(
+        h.dir
+            .join("state")
+            .join(Names::new(&h.settings).dedupe("crm")),
+    )
+    .unwrap()
+    .filter(|f| f.as_ref().unwrap().path().extension() == Some("redb".as_ref()))
+    .count();
+    assert_eq!(
+        files, h.settings.topics.partitions as usize,
+        "a file a partition"
+    );
 
     h.check_exactly_once(&ids).await;
     h.finish().await;

@@ -14,7 +14,8 @@
 //! - With a state directory, a restart restores the dedupe store from its local checkpoint and the
 //!   changelog after it; a checkpoint older than the changelog (the process was killed before it
 //!   wrote a newer one) still misses nothing
-//!   (`a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it`).
+//!   (`a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it`); the same with the
+//!   store on disk, whose files are its checkpoints.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
@@ -26,6 +27,7 @@ use std::time::Duration;
 use common::{Running, await_caught_up, create_plan, doubles, lead, outbox_event_ids, publish};
 use onceflow::adapters::{self};
 use onceflow::config::{AdapterSettings, Settings};
+use onceflow::dedupe::Backend;
 use onceflow::kafka::client::Isolation;
 use onceflow::kafka::names::{Names, Stage};
 use onceflow::ops::offsets::{self, ResetTo, Scope};
@@ -145,7 +147,8 @@ async fn a_send_offsets_call_that_never_returns_is_abandoned_and_the_stage_goes_
     common::cleanup_plan(&s).await;
 }
 
-/// The files of a state directory (`<changelog>/<partition>.checkpoint`), copied to `to`.
+/// The files of a state directory (`<changelog>/<partition>.checkpoint` or `.redb`), copied to
+/// `to`.
 fn copy_state(from: &std::path::Path, to: &std::path::Path) {
     for topic in std::fs::read_dir(from).unwrap() {
         let topic = topic.unwrap().path();
@@ -160,10 +163,19 @@ fn copy_state(from: &std::path::Path, to: &std::path::Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it() {
+    // In memory with checkpoint files, then on disk, whose files are their own checkpoints; one
+    // after the other, as both count restored keys in the same metric.
+    for store in [Backend::Memory, Backend::Disk] {
+        restart_from_old_state(store).await;
+    }
+}
+
+async fn restart_from_old_state(store: Backend) {
     let mut s = settings("ckpt").await;
     let root = std::env::temp_dir().join(format!("onceflow-state-{}", s.namespace));
     let (dir, old) = (root.join("state"), root.join("run-1"));
     s.processor.state_dir = Some(dir.clone());
+    s.processor.store = store;
     let loaded = || {
         sample(r#"onceflow_store_restored_total{adapter="crm",stage="process",from="checkpoint"}"#)
     };
@@ -193,12 +205,12 @@ async fn a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it() 
     assert_eq!(
         loaded() - before,
         20.0,
-        "run 1's keys came from the checkpoints"
+        "{store:?}: run 1's keys came from the checkpoints"
     );
     assert_eq!(
         (counts.tally.duplicate, counts.tally.ok),
         (40, 0),
-        "run 2's keys came from the changelog after the checkpoints: {counts:?}"
+        "{store:?}: run 2's keys came from the changelog after the checkpoints: {counts:?}"
     );
     std::fs::remove_dir_all(&root).unwrap();
     common::cleanup_plan(&s).await;

@@ -439,6 +439,12 @@ mod tests {
             lingering.unwrap().processor.batch_linger,
             Some(Duration::ZERO)
         );
+        assert_eq!(s.processor.store, crate::dedupe::Backend::Memory);
+        let on_disk = Settings::from_toml_str(&format!(
+            "{MINIMAL}[processor]\nstate_dir = '/var/lib/onceflow'\nstore = 'disk'"
+        ))
+        .unwrap();
+        assert_eq!(on_disk.processor.store, crate::dedupe::Backend::Disk);
     }
 
     fn err_key(toml: &str) -> String {
@@ -503,6 +509,15 @@ mod tests {
         assert_eq!(
             err_key("[adapters.crm]\n[processor]\nbatch_max_records = 0"),
             "processor.batch_max_records"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[processor]\nstore = 'disk'"),
+            "processor.store",
+            "disk needs a state_dir"
+        );
+        assert_eq!(
+            err_key("[adapters.crm]\n[dispatcher]\nstate_dir = '/s'\nstore = 'rocks'"),
+            "dispatcher.store"
         );
         assert_eq!(
             err_key("[adapters.crm]\n[dispatcher]\nbatch_linger_ms = 60001"),

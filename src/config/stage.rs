@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::{ConfigError, check_name, invalid, millis, socket, within};
+use crate::dedupe::Backend;
 
 /// Delivery guarantee of the processor loop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,8 +45,11 @@ pub struct ProcessorSettings {
     /// Address of the Prometheus `/metrics` listener of `onceflow process`, when wanted.
     pub metrics_listen: Option<SocketAddr>,
     /// Where the dedupe store's local checkpoints are kept (`state_dir`; none by default: every
-    /// restore reads the whole changelog).
+    /// restore reads the whole changelog), or its files with `store = "disk"`.
     pub state_dir: Option<PathBuf>,
+    /// Where the dedupe store's partitions live (`store`: `memory`, the default, or `disk`, which
+    /// needs a `state_dir`).
+    pub store: Backend,
 }
 
 impl ProcessorSettings {
@@ -90,8 +94,11 @@ pub struct DispatcherSettings {
     /// Longest a batch waits in line for a rate limit or a Retry-After before it defers the rest of
     /// its commands and pauses (keeps every batch well inside the consumer's poll interval).
     pub max_wait: Duration,
-    /// Where the ledger's local checkpoints are kept (`state_dir`; none by default).
+    /// Where the ledger's local checkpoints are kept (`state_dir`; none by default), or its files
+    /// with `store = "disk"`.
     pub state_dir: Option<PathBuf>,
+    /// Where the ledger's partitions live (`store`: `memory` or `disk`, as for the processor).
+    pub store: Backend,
 }
 
 impl DispatcherSettings {
@@ -141,6 +148,7 @@ pub(super) struct RawProcessor {
     static_membership: bool,
     metrics_listen: Option<String>,
     state_dir: Option<String>,
+    store: String,
 }
 
 impl Default for RawProcessor {
@@ -156,6 +164,7 @@ impl Default for RawProcessor {
             static_membership: false,
             metrics_listen: None,
             state_dir: None,
+            store: "memory".into(),
         }
     }
 }
@@ -176,6 +185,7 @@ pub(super) struct RawDispatcher {
     request_timeout_ms: u64,
     max_wait_ms: u64,
     state_dir: Option<String>,
+    store: String,
 }
 
 impl Default for RawDispatcher {
@@ -194,6 +204,7 @@ impl Default for RawDispatcher {
             request_timeout_ms: 10_000,
             max_wait_ms: 10_000,
             state_dir: None,
+            store: "memory".into(),
         }
     }
 }
@@ -229,7 +240,25 @@ fn state_dir(key: &str, value: Option<String>) -> Result<Option<PathBuf>, Config
     }
 }
 
+/// Where a store's partitions live: `disk` needs a state directory to put them in.
+fn store(key: &str, value: &str, state_dir: Option<&PathBuf>) -> Result<Backend, ConfigError> {
+    match (value, state_dir) {
+        ("memory", _) => Ok(Backend::Memory),
+        ("disk", Some(_)) => Ok(Backend::Disk),
+        ("disk", None) => Err(invalid(
+            key,
+            "`disk` needs a state_dir to keep the files in",
+        )),
+        (other, _) => Err(invalid(
+            key,
+            format!("`{other}` is neither memory nor disk"),
+        )),
+    }
+}
+
 pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings, ConfigError> {
+    let state_dir = state_dir("processor.state_dir", raw.state_dir)?;
+    let store = store("processor.store", &raw.store, state_dir.as_ref())?;
     let guarantee = match raw.guarantee.as_str() {
         "exactly_once" => Guarantee::ExactlyOnce,
         "at_least_once" => Guarantee::AtLeastOnce,
@@ -260,12 +289,15 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
         )?,
         static_membership: raw.static_membership,
         metrics_listen: listen("processor.metrics_listen", raw.metrics_listen.as_deref())?,
-        state_dir: state_dir("processor.state_dir", raw.state_dir)?,
+        state_dir,
+        store,
     })
 }
 
 pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettings, ConfigError> {
     within("dispatcher.concurrency", raw.concurrency, 1..=1_000)?;
+    let state_dir = state_dir("dispatcher.state_dir", raw.state_dir)?;
+    let store = store("dispatcher.store", &raw.store, state_dir.as_ref())?;
     let connect_timeout = millis(
         "dispatcher.connect_timeout_ms",
         raw.connect_timeout_ms,
@@ -307,6 +339,7 @@ pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettin
         connect_timeout,
         request_timeout,
         max_wait: millis("dispatcher.max_wait_ms", raw.max_wait_ms, 0, 120_000)?,
-        state_dir: state_dir("dispatcher.state_dir", raw.state_dir)?,
+        state_dir,
+        store,
     })
 }

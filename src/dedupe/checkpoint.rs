@@ -3,7 +3,7 @@
 //!
 //! Invariants:
 //! - A checkpoint holds a partition's entries and the changelog offset they reflect the changelog
-//!   up to ([`Partition::next_offset`]): the state after every record below that offset, and none
+//!   up to ([`InMemory::next_offset`]): the state after every record below that offset, and none
 //!   at or above it. That stays true whatever is written to the changelog later, by this instance
 //!   or another owner of the partition, so an old checkpoint is never wrong, only longer to catch
 //!   up from. A restore loads it, then reads the changelog from its offset.
@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, Partition};
+use super::{Entry, InMemory};
 
 /// The oldest checkpoint a restore loads (half the default `delete.retention.ms`).
 pub const MAX_AGE: Duration = Duration::from_secs(12 * 3600);
@@ -75,7 +75,7 @@ pub fn write<E: Entry>(
     dir: &Path,
     topic: &str,
     partition: i32,
-    state: &Partition<E>,
+    state: &InMemory<E>,
     now: i64,
 ) -> Result<PathBuf, CheckpointError> {
     let file = path(dir, topic, partition);
@@ -129,7 +129,7 @@ pub fn load<E: Entry>(
     partition: i32,
     ttl_ms: i64,
     now: i64,
-) -> Result<Option<Partition<E>>, CheckpointError> {
+) -> Result<Option<InMemory<E>>, CheckpointError> {
     let file = path(dir, topic, partition);
     let unusable = |why: String| CheckpointError::Unusable {
         path: file.clone(),
@@ -179,7 +179,7 @@ pub fn load<E: Entry>(
         into.resize(usize::from(u16::from_le_bytes(len)), 0);
         r.read_exact(into)
     }
-    let mut state = Partition::new(ttl_ms);
+    let mut state = InMemory::new(ttl_ms);
     let (mut key, mut field) = (Vec::new(), Vec::new());
     for _ in 0..h.entries {
         read_field(&mut r, &mut key).map_err(io)?;
@@ -214,18 +214,18 @@ mod tests {
     #[test]
     fn a_partition_comes_back_with_its_entries_and_offset() {
         let d = dir();
-        let mut p = Partition::<i64>::new(8_000);
+        let mut p = InMemory::<i64>::new(8_000);
         p.put(ID, &1_000);
         p.put("e-1", &5_000);
         p.advance(42);
         write(&d, "t.dedupe", 3, &p, 6_000).unwrap();
-        let back: Partition<i64> = load(&d, "t.dedupe", 3, 8_000, 6_500).unwrap().unwrap();
+        let back: InMemory<i64> = load(&d, "t.dedupe", 3, 8_000, 6_500).unwrap().unwrap();
         assert_eq!(back.next_offset(), 42);
         assert_eq!(back.len(), 2);
         assert_eq!(back.get(ID, 6_500), p.get(ID, 6_500));
         assert_eq!(back.get("e-1", 6_500), p.get("e-1", 6_500));
         // Expired on the way: written at 1 000 (slice end 1 999), gone at 10 000.
-        let later: Partition<i64> = load(&d, "t.dedupe", 3, 8_000, 10_000).unwrap().unwrap();
+        let later: InMemory<i64> = load(&d, "t.dedupe", 3, 8_000, 10_000).unwrap().unwrap();
         assert_eq!(later.len(), 1);
         fs::remove_dir_all(&d).unwrap();
     }
@@ -234,7 +234,7 @@ mod tests {
     fn a_missing_foreign_old_or_torn_file_is_not_used() {
         let d = dir();
         assert!(load::<i64>(&d, "t.dedupe", 0, 8_000, 0).unwrap().is_none());
-        let mut p = Partition::<i64>::new(8_000);
+        let mut p = InMemory::<i64>::new(8_000);
         p.put(ID, &1_000);
         let f = write(&d, "t.dedupe", 0, &p, 1_000).unwrap();
         fs::copy(&f, path(&d, "t.dedupe", 1)).unwrap();

@@ -9,8 +9,8 @@
 //!   of an event, and every copy of a command, has the same key, hence partition, hence meets the
 //!   original's entry.
 //! - A change reaches the changelog in the same transaction as the outputs and offsets it belongs
-//!   to, and reaches memory only after that transaction committed ([`Store::apply`]); an aborted
-//!   batch leaves no trace in either.
+//!   to, and reaches the store only after that transaction committed ([`Store::apply`]); an
+//!   aborted batch leaves no trace in either.
 //! - Restoring a partition reads its changelog from the beginning with `read_committed` up to the
 //!   high watermark taken before reading: while a zombie's transaction is open the read waits (the
 //!   last stable offset is held back), so entries committed after it are never missed. The wait is
@@ -23,26 +23,38 @@
 //! - The changelog value of an entry is its [`Entry::encode`] text; a value that does not decode is
 //!   treated as a tombstone.
 //! - Each store partition knows the changelog offset it reflects the changelog up to: the restore's
-//!   end, then one past the last changelog record of each commit ([`Store::advance`]). A stage
+//!   end, then one past the last changelog record of each commit ([`Store::apply`]). A stage
 //!   with a state directory writes that state and offset to a local [`checkpoint`] when the
 //!   partition leaves it and when its session ends; a restore then loads it and reads only the
 //!   changelog from there.
+//! - A partition lives in memory ([`slices`]) or, with [`Backend::Disk`], in a file under the
+//!   state directory ([`disk`]) that is its own checkpoint. Both answer every read the same way;
+//!   a read or write the disk refuses is an error that ends the session, never a guess (a key
+//!   taken as unseen would be decided twice, one taken as seen would be lost).
 
 pub mod checkpoint;
+pub mod disk;
+mod restore;
 mod slices;
 
-use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use crate::model::event::now_ms;
 
-use crate::config::KafkaSettings;
-use crate::kafka::client::{self, Isolation, StartAt};
+pub use disk::{DiskError, OnDisk};
+pub use restore::{Restore, RestoreError, Restored};
+pub use slices::{InMemory, SLICES_PER_TTL};
 
-pub use slices::{Partition, SLICES_PER_TTL};
+/// Where a stage keeps its store partitions (`processor.store`, `dispatcher.store`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Backend {
+    /// In memory, with checkpoints when there is a state directory.
+    #[default]
+    Memory,
+    /// In files under the state directory ([`disk`]), for keys that outgrow memory.
+    Disk,
+}
 
 /// What a store keeps per key.
 pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
@@ -119,7 +131,108 @@ impl<E: Entry> Change<E> {
     }
 }
 
-/// The in-memory store of the partitions this instance owns.
+/// One partition of a store, where the stage keeps it.
+#[derive(Debug)]
+pub enum Partition<E: Entry> {
+    /// In memory.
+    Memory(InMemory<E>),
+    /// On disk.
+    Disk(Box<OnDisk<E>>),
+}
+
+impl<E: Entry> Partition<E> {
+    /// The changelog offset this state reflects the changelog up to (exclusive).
+    pub fn next_offset(&self) -> i64 {
+        match self {
+            Partition::Memory(m) => m.next_offset(),
+            Partition::Disk(d) => d.next_offset(),
+        }
+    }
+
+    /// Keys held (expired ones not yet forgotten included).
+    pub fn len(&self) -> usize {
+        match self {
+            Partition::Memory(m) => m.len(),
+            Partition::Disk(d) => d.len(),
+        }
+    }
+
+    /// No keys held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entry of `key`, if it is remembered at `now`.
+    pub fn get(&self, key: &str, now: i64) -> Result<Option<E>, DiskError> {
+        match self {
+            Partition::Memory(m) => Ok(m.get(key, now)),
+            Partition::Disk(d) => d.get(key, now),
+        }
+    }
+
+    /// Keys no longer remembered at `now`, oldest first, at most `limit`.
+    pub fn expired(&self, now: i64, limit: usize) -> Result<Vec<String>, DiskError> {
+        match self {
+            Partition::Memory(m) => Ok(m.expired(now, limit)),
+            Partition::Disk(d) => d.expired(now, limit),
+        }
+    }
+
+    /// A changelog record read by a restore, at `offset` ([`InMemory::restore`]).
+    pub fn restore(
+        &mut self,
+        key: &str,
+        entry: Option<E>,
+        offset: i64,
+        now: i64,
+    ) -> Result<(), DiskError> {
+        match self {
+            Partition::Memory(m) => {
+                m.restore(key, entry, now);
+                Ok(())
+            }
+            Partition::Disk(d) => d.restore(key, entry, offset, now),
+        }
+    }
+
+    /// The restore read the changelog up to `next` (exclusive).
+    pub fn restored(&mut self, next: i64, now: i64) -> Result<(), DiskError> {
+        match self {
+            Partition::Memory(m) => {
+                m.advance(next);
+                Ok(())
+            }
+            Partition::Disk(d) => d.restored(next, now),
+        }
+    }
+
+    /// Writes committed changes (a key and its entry, or `None` to forget it) and the offset they
+    /// bring the state up to.
+    fn write(
+        &mut self,
+        changes: &[(&str, Option<&E>)],
+        next: Option<i64>,
+        now: i64,
+    ) -> Result<(), DiskError> {
+        match self {
+            Partition::Memory(m) => {
+                for (key, entry) in changes {
+                    match entry {
+                        Some(e) => m.put(key, e),
+                        None => m.remove(key),
+                    }
+                }
+                if let Some(n) = next {
+                    m.advance(n);
+                }
+                Ok(())
+            }
+            Partition::Disk(d) => d.write(changes.iter().copied(), next, now, false),
+        }
+    }
+}
+
+/// The store of the partitions this instance owns.
 #[derive(Debug)]
 pub struct Store<E: Entry> {
     ttl_ms: i64,
@@ -158,55 +271,74 @@ impl<E: Entry> Store<E> {
         self.partitions.get(&partition)
     }
 
-    /// After a commit that wrote `partition`'s changelog up to offset `next - 1`: the partition
-    /// reflects its changelog up to `next` (exclusive).
-    pub fn advance(&mut self, partition: i32, next: i64) {
-        if let Some(p) = self.partitions.get_mut(&partition) {
-            p.advance(next);
-        }
-    }
-
     /// Forgets a partition this instance no longer owns, and gives its state back.
     pub fn drop_partition(&mut self, partition: i32) -> Option<Partition<E>> {
         self.partitions.remove(&partition)
     }
 
     /// The entry of `key` on `partition`, if it is remembered at `now`.
-    pub fn get(&self, partition: i32, key: &str, now: i64) -> Option<E> {
-        self.partitions.get(&partition)?.get(key, now)
+    pub fn get(&self, partition: i32, key: &str, now: i64) -> Result<Option<E>, DiskError> {
+        match self.partitions.get(&partition) {
+            Some(p) => p.get(key, now),
+            None => Ok(None),
+        }
     }
 
     /// Whether `key` is remembered on `partition` at `now`.
-    pub fn contains(&self, partition: i32, key: &str, now: i64) -> bool {
-        self.get(partition, key, now).is_some()
+    pub fn contains(&self, partition: i32, key: &str, now: i64) -> Result<bool, DiskError> {
+        Ok(self.get(partition, key, now)?.is_some())
     }
 
-    /// Applies the changes of a committed transaction.
-    pub fn apply(&mut self, changes: &[Change<E>]) {
-        let ttl_ms = self.ttl_ms;
+    /// After a transaction committed: applies its changes, and moves each partition whose
+    /// changelog it wrote up to offset `o` to `o + 1` (`written`: partition and offset of each
+    /// changelog record). On disk, a partition's changes and offset are one write.
+    pub fn apply(
+        &mut self,
+        changes: &[Change<E>],
+        written: &[(i32, i64)],
+    ) -> Result<(), DiskError> {
+        type Writes<'c, E> = (Vec<(&'c str, Option<&'c E>)>, Option<i64>);
+        let mut by_partition: BTreeMap<i32, Writes<'_, E>> = BTreeMap::new();
         for c in changes {
-            match c {
+            let (partition, key, entry) = match c {
                 Change::Put {
                     partition,
                     key,
                     entry,
-                } => self
-                    .partitions
-                    .entry(*partition)
-                    .or_insert_with(|| Partition::new(ttl_ms))
-                    .put(key, entry),
-                Change::Forget { partition, key } => {
-                    if let Some(p) = self.partitions.get_mut(partition) {
-                        p.remove(key);
-                    }
-                }
-            }
+                } => (*partition, key, Some(entry)),
+                Change::Forget { partition, key } => (*partition, key, None),
+            };
+            by_partition
+                .entry(partition)
+                .or_default()
+                .0
+                .push((key.as_str(), entry));
         }
+        for (partition, offset) in written {
+            let next = &mut by_partition.entry(*partition).or_default().1;
+            *next = Some(next.map_or(offset + 1, |n: i64| n.max(offset + 1)));
+        }
+        let now = now_ms();
+        for (partition, (writes, next)) in by_partition {
+            let ttl_ms = self.ttl_ms;
+            let p = match self.partitions.entry(partition) {
+                std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+                // Not restored (the benchmarks' stores): nothing to forget, nothing to advance.
+                std::collections::hash_map::Entry::Vacant(v)
+                    if writes.iter().any(|(_, e)| e.is_some()) =>
+                {
+                    v.insert(Partition::Memory(InMemory::new(ttl_ms)))
+                }
+                std::collections::hash_map::Entry::Vacant(_) => continue,
+            };
+            p.write(&writes, next, now)?;
+        }
+        Ok(())
     }
 
     /// Tombstones for entries no longer remembered at `now` (at most `limit`, to keep
     /// transactions small).
-    pub fn expired(&self, now: i64, limit: usize) -> Vec<Change<E>> {
+    pub fn expired(&self, now: i64, limit: usize) -> Result<Vec<Change<E>>, DiskError> {
         let mut out = Vec::new();
         for (p, entries) in &self.partitions {
             let room = limit.saturating_sub(out.len());
@@ -215,12 +347,12 @@ impl<E: Entry> Store<E> {
             }
             out.extend(
                 entries
-                    .expired(now, room)
+                    .expired(now, room)?
                     .into_iter()
                     .map(|key| Change::Forget { partition: *p, key }),
             );
         }
-        out
+        Ok(out)
     }
 
     /// Entries held, over all partitions.
@@ -234,189 +366,6 @@ impl<E: Entry> Store<E> {
     }
 }
 
-/// Why a restore failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RestoreError {
-    /// A client call failed.
-    #[error("restoring a changelog store: {0}")]
-    Kafka(#[from] KafkaError),
-    /// The changelog did not become readable up to its end in time (an open transaction).
-    #[error(
-        "restoring a changelog store: {topic} partition {partition} stuck below offset {target} after {waited:?}"
-    )]
-    Stuck {
-        /// Changelog topic.
-        topic: String,
-        /// Partition.
-        partition: i32,
-        /// The offset the read had to reach.
-        target: i64,
-        /// How long it waited.
-        waited: Duration,
-    },
-}
-
-/// A restore of store partitions from their changelog (and local checkpoints, when a directory
-/// is given).
-#[derive(Debug, Clone)]
-pub struct Restore<'a> {
-    /// The cluster.
-    pub kafka: &'a KafkaSettings,
-    /// The changelog topic.
-    pub changelog: &'a str,
-    /// An id for the reader (it assigns, never joins nor commits).
-    pub reader_group: &'a str,
-    /// The partitions to restore.
-    pub partitions: &'a [i32],
-    /// The store's TTL.
-    pub ttl: Duration,
-    /// Now (epoch ms).
-    pub now: i64,
-    /// How long to wait for the changelog to become readable up to its end.
-    pub max_wait: Duration,
-    /// Where checkpoints are, if the stage keeps them ([`checkpoint`]).
-    pub checkpoints: Option<&'a std::path::Path>,
-}
-
-/// What a restore produced.
-#[derive(Debug)]
-pub struct Restored<E: Entry> {
-    /// The store partitions.
-    pub partitions: HashMap<i32, Partition<E>>,
-    /// Entries loaded from checkpoints.
-    pub from_checkpoints: usize,
-    /// Changelog records read.
-    pub records_read: usize,
-}
-
-impl Restore<'_> {
-    /// Reads the partitions (blocking; run it on a blocking thread): each from its checkpoint and
-    /// the changelog from the checkpoint's offset, or the whole changelog without a usable one.
-    pub fn run<E: Entry>(&self) -> Result<Restored<E>, RestoreError> {
-        let (kafka, changelog) = (self.kafka, self.changelog);
-        let ttl_ms = i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX);
-        let mut out = Restored {
-            partitions: HashMap::new(),
-            from_checkpoints: 0,
-            records_read: 0,
-        };
-        if self.partitions.is_empty() {
-            return Ok(out);
-        }
-        // The target is the high watermark as a read_uncommitted reader sees it: everything
-        // written so far, open transactions included.
-        let probe: BaseConsumer = client::consumer(
-            kafka,
-            "dedupe.restore",
-            self.reader_group,
-            Isolation::ReadUncommitted,
-            StartAt::Earliest,
-        )
-        .create()?;
-        let mut targets = HashMap::new();
-        let mut starts = HashMap::new();
-        for p in self.partitions {
-            let (low, high) = probe.fetch_watermarks(changelog, *p, Duration::from_secs(10))?;
-            let loaded = self.checkpoints.and_then(|dir| {
-                match checkpoint::load::<E>(dir, changelog, *p, ttl_ms, self.now) {
-                    Ok(Some(state)) if (low..=high).contains(&state.next_offset()) => Some(state),
-                    Ok(Some(state)) => {
-                        tracing::warn!(changelog, partition = *p, offset = state.next_offset(),
-                            low, high, "checkpoint offset outside the changelog (topic recreated?); reading it whole");
-                        None
-                    }
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "checkpoint not used; reading the changelog whole");
-                        None
-                    }
-                }
-            });
-            let state = match loaded {
-                Some(state) => {
-                    out.from_checkpoints += state.len();
-                    starts.insert(*p, Offset::Offset(state.next_offset()));
-                    state
-                }
-                None => {
-                    starts.insert(*p, Offset::Beginning);
-                    Partition::new(ttl_ms)
-                }
-            };
-            if high > state.next_offset() {
-                targets.insert(*p, high);
-            }
-            out.partitions.insert(*p, state);
-        }
-        if targets.is_empty() {
-            return Ok(out);
-        }
-        let reader: BaseConsumer = client::consumer(
-            kafka,
-            "dedupe.restore",
-            self.reader_group,
-            Isolation::ReadCommitted,
-            StartAt::Earliest,
-        )
-        .create()?;
-        let mut tpl = TopicPartitionList::new();
-        for p in targets.keys() {
-            tpl.add_partition_offset(changelog, *p, starts[p])?;
-        }
-        reader.assign(&tpl)?;
-        let started = Instant::now();
-        loop {
-            if let Some(polled) = reader.poll(Duration::from_millis(100)) {
-                let Some(m) = crate::kafka::polled::record(&reader, polled)? else {
-                    continue;
-                };
-                out.records_read += 1;
-                let state = out
-                    .partitions
-                    .entry(m.partition())
-                    .or_insert_with(|| Partition::new(ttl_ms));
-                state.advance(m.offset() + 1);
-                let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
-                    continue;
-                };
-                let entry = m
-                    .payload()
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(E::decode);
-                state.restore(key, entry, self.now);
-                continue;
-            }
-            let position = reader.position()?;
-            let pending: Vec<(i32, i64)> = targets
-                .iter()
-                .filter(|(p, target)| {
-                    !matches!(position.find_partition(changelog, **p).map(|e| e.offset()),
-                              Some(Offset::Offset(o)) if o >= **target)
-                })
-                .map(|(p, t)| (*p, *t))
-                .collect();
-            let Some((partition, target)) = pending.first().copied() else {
-                // Read up to the target: the state reflects everything below it (transaction
-                // markers and aborted records included, which a reader skips).
-                for (p, target) in &targets {
-                    if let Some(state) = out.partitions.get_mut(p) {
-                        state.advance(*target);
-                    }
-                }
-                return Ok(out);
-            };
-            if started.elapsed() > self.max_wait {
-                return Err(RestoreError::Stuck {
-                    topic: changelog.into(),
-                    partition,
-                    target,
-                    waited: started.elapsed(),
-                });
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -424,25 +373,33 @@ mod tests {
     #[test]
     fn seen_ids_expire_after_the_ttl_and_at_most_an_eighth_more() {
         let mut s = DedupeStore::new(Duration::from_secs(10));
-        s.apply(&[Change::Put {
-            partition: 1,
-            key: "e".into(),
-            entry: 1_000,
-        }]);
+        s.apply(
+            &[Change::Put {
+                partition: 1,
+                key: "e".into(),
+                entry: 1_000,
+            }],
+            &[],
+        )
+        .unwrap();
         // Slices of 1.25 s: written at 1 000, it counts as written at 1 249.
-        assert!(s.contains(1, "e", 10_999));
-        assert!(s.contains(1, "e", 11_248));
-        assert!(!s.contains(1, "e", 11_249));
-        assert!(!s.contains(2, "e", 1_000), "partitions are separate");
-        assert!(s.expired(11_248, 10).is_empty());
+        assert!(s.contains(1, "e", 10_999).unwrap());
+        assert!(s.contains(1, "e", 11_248).unwrap());
+        assert!(!s.contains(1, "e", 11_249).unwrap());
+        assert!(
+            !s.contains(2, "e", 1_000).unwrap(),
+            "partitions are separate"
+        );
+        assert!(s.expired(11_248, 10).unwrap().is_empty());
         assert_eq!(
-            s.expired(11_249, 10),
+            s.expired(11_249, 10).unwrap(),
             vec![Change::Forget {
                 partition: 1,
                 key: "e".into()
             }]
         );
-        s.apply(&s.expired(11_249, 10));
+        let forget = s.expired(11_249, 10).unwrap();
+        s.apply(&forget, &[]).unwrap();
         assert!(s.is_empty());
     }
 

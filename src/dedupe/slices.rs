@@ -1,4 +1,4 @@
-//! The memory layout of one store partition: keys in time slices.
+//! The memory layout of one store partition: keys in time slices ([`super::Partition::Memory`]).
 //!
 //! Invariants:
 //! - Time is cut into slices of `ttl / SLICES_PER_TTL`; an entry lives in the slice of its
@@ -22,15 +22,15 @@ use super::Entry;
 /// Slices per TTL: the most an entry outlives the TTL is one of them.
 pub const SLICES_PER_TTL: i64 = 8;
 
-/// A key as memory holds it.
+/// A key as a store holds it (in memory here, as [`Key::bytes`] on disk, [`super::disk`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Key<'k> {
+pub(super) enum Key<'k> {
     Uuid([u8; 16]),
     Text(&'k str),
 }
 
 impl<'k> Key<'k> {
-    fn of(key: &'k str) -> Key<'k> {
+    pub(super) fn of(key: &'k str) -> Key<'k> {
         if key.len() == 36
             && let Ok(u) = Uuid::try_parse(key)
         {
@@ -40,6 +40,56 @@ impl<'k> Key<'k> {
             }
         }
         Key::Text(key)
+    }
+
+    /// The key as one byte string: a tag (0 for a UUID, 1 for text), then its 16 bytes or its
+    /// text, so no two keys share bytes.
+    pub(super) fn bytes(self) -> Vec<u8> {
+        match self {
+            Key::Uuid(b) => std::iter::once(0).chain(b).collect(),
+            Key::Text(t) => std::iter::once(1).chain(t.bytes()).collect(),
+        }
+    }
+
+    /// The text of a key's [`Key::bytes`], if they are a key's.
+    pub(super) fn text_of(bytes: &[u8]) -> Option<String> {
+        match bytes.split_first()? {
+            (0, b) => Some(Uuid::from_slice(b).ok()?.hyphenated().to_string()),
+            (1, t) => std::str::from_utf8(t).ok().map(str::to_string),
+            _ => None,
+        }
+    }
+}
+
+/// The time slices of a store whose TTL is `ttl_ms`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slicing {
+    ttl_ms: i64,
+    width_ms: i64,
+}
+
+impl Slicing {
+    pub(super) fn new(ttl_ms: i64) -> Slicing {
+        Slicing {
+            ttl_ms,
+            width_ms: (ttl_ms / SLICES_PER_TTL).max(1),
+        }
+    }
+
+    /// The slice of an entry written at `at`.
+    pub(super) fn slice_of(self, at: i64) -> i64 {
+        at.div_euclid(self.width_ms)
+    }
+
+    /// The last millisecond of slice `s`: the time its entries count as written at.
+    pub(super) fn last_ms(self, s: i64) -> i64 {
+        s.saturating_mul(self.width_ms)
+            .saturating_add(self.width_ms - 1)
+    }
+
+    /// Whether the entries of slice `s` are remembered at `now`.
+    pub(super) fn live(self, s: i64, now: i64) -> bool {
+        now.saturating_sub(self.last_ms(s)) < self.ttl_ms
     }
 }
 
@@ -97,21 +147,19 @@ impl<P: Copy> Slice<P> {
 
 /// One partition of a store.
 #[derive(Debug)]
-pub struct Partition<E: Entry> {
-    ttl_ms: i64,
-    width_ms: i64,
+pub struct InMemory<E: Entry> {
+    clock: Slicing,
     slices: BTreeMap<i64, Slice<E::Packed>>,
     /// The changelog offset this state reflects the changelog up to (exclusive): every record
     /// below it is in, none at or above it (a checkpoint's offset, [`super::checkpoint`]).
     next_offset: i64,
 }
 
-impl<E: Entry> Partition<E> {
+impl<E: Entry> InMemory<E> {
     /// An empty partition of a store whose TTL is `ttl_ms`.
-    pub fn new(ttl_ms: i64) -> Partition<E> {
-        Partition {
-            ttl_ms,
-            width_ms: (ttl_ms / SLICES_PER_TTL).max(1),
+    pub fn new(ttl_ms: i64) -> InMemory<E> {
+        InMemory {
+            clock: Slicing::new(ttl_ms),
             slices: BTreeMap::new(),
             next_offset: 0,
         }
@@ -131,9 +179,9 @@ impl<E: Entry> Partition<E> {
     pub fn entries(&self, now: i64) -> impl Iterator<Item = (String, E)> + '_ {
         self.slices
             .iter()
-            .filter(move |(s, _)| self.live(**s, now))
+            .filter(move |(s, _)| self.clock.live(**s, now))
             .flat_map(move |(s, slice)| {
-                let last = self.last_ms(*s);
+                let last = self.clock.last_ms(*s);
                 slice
                     .uuids
                     .iter()
@@ -148,20 +196,6 @@ impl<E: Entry> Partition<E> {
             .map(|(k, p, last)| (k, E::unpack(p, last)))
     }
 
-    fn slice_of(&self, at: i64) -> i64 {
-        at.div_euclid(self.width_ms)
-    }
-
-    /// The last millisecond of slice `s`: the time its entries count as written at.
-    fn last_ms(&self, s: i64) -> i64 {
-        s.saturating_mul(self.width_ms)
-            .saturating_add(self.width_ms - 1)
-    }
-
-    fn live(&self, s: i64, now: i64) -> bool {
-        now.saturating_sub(self.last_ms(s)) < self.ttl_ms
-    }
-
     /// The entry of `key`, if it is remembered at `now`.
     pub fn get(&self, key: &str, now: i64) -> Option<E> {
         let k = Key::of(key);
@@ -170,15 +204,16 @@ impl<E: Entry> Partition<E> {
             .iter()
             .rev()
             .find_map(|(s, slice)| slice.get(k).map(|p| (*s, p)))?;
-        self.live(s, now)
-            .then(|| E::unpack(packed, self.last_ms(s)))
+        self.clock
+            .live(s, now)
+            .then(|| E::unpack(packed, self.clock.last_ms(s)))
     }
 
     /// `key` now maps to `entry`.
     pub fn put(&mut self, key: &str, entry: &E) {
         let k = Key::of(key);
         self.remove_key(k);
-        let s = self.slice_of(entry.at());
+        let s = self.clock.slice_of(entry.at());
         self.slices
             .entry(s)
             .or_insert_with(Slice::new)
@@ -189,7 +224,7 @@ impl<E: Entry> Partition<E> {
     /// each changelog record).
     pub fn restore(&mut self, key: &str, entry: Option<E>, now: i64) {
         match entry {
-            Some(e) if self.live(self.slice_of(e.at()), now) => self.put(key, &e),
+            Some(e) if self.clock.live(self.clock.slice_of(e.at()), now) => self.put(key, &e),
             _ => self.remove(key),
         }
     }
@@ -213,7 +248,7 @@ impl<E: Entry> Partition<E> {
     pub fn expired(&self, now: i64, limit: usize) -> Vec<String> {
         self.slices
             .iter()
-            .take_while(|(s, _)| !self.live(**s, now))
+            .take_while(|(s, _)| !self.clock.live(**s, now))
             .flat_map(|(_, slice)| slice.keys())
             .take(limit)
             .collect()
@@ -248,7 +283,7 @@ mod tests {
         ] {
             assert_eq!(Key::of(other), Key::Text(other));
         }
-        let mut p = Partition::<i64>::new(8_000);
+        let mut p = InMemory::<i64>::new(8_000);
         for k in [ID, "5299580B-3518-53A2-ADA8-9CAA3A5C9A5C", "e-1"] {
             p.put(k, &1_000);
         }
@@ -260,7 +295,7 @@ mod tests {
 
     #[test]
     fn a_key_lives_in_one_slice_and_the_newest_put_wins() {
-        let mut p = Partition::<i64>::new(8_000); // slices of 1 s
+        let mut p = InMemory::<i64>::new(8_000); // slices of 1 s
         p.put(ID, &500);
         p.put(ID, &3_500);
         assert_eq!(p.len(), 1);
@@ -275,14 +310,14 @@ mod tests {
 
     #[test]
     fn entries_are_remembered_at_least_the_ttl_and_at_most_a_slice_longer() {
-        let mut p = Partition::<i64>::new(8_000);
+        let mut p = InMemory::<i64>::new(8_000);
         p.put(ID, &1_000); // slice [1000, 1999]
         assert!(p.get(ID, 1_000 + 8_000 - 1).is_some());
         assert!(p.get(ID, 1_999 + 8_000 - 1).is_some());
         assert!(p.get(ID, 1_999 + 8_000).is_none());
         assert_eq!(p.expired(9_998, 10), Vec::<String>::new());
         assert_eq!(p.expired(9_999, 10), vec![ID.to_string()]);
-        let mut r = Partition::<i64>::new(8_000);
+        let mut r = InMemory::<i64>::new(8_000);
         r.restore(ID, Some(1_000), 9_999);
         r.restore("e-1", Some(1_000), 9_998);
         assert_eq!(

@@ -131,6 +131,7 @@ impl Dispatcher {
             changelog: names.ledger(&name),
             ttl: d.ledger_ttl,
             state_dir: d.state_dir.clone(),
+            store: d.store,
             metrics: &metrics::DISPATCHER,
         };
         Ok(Dispatcher {
@@ -217,7 +218,7 @@ impl Work for Deliver {
             };
             let m = d.msg;
             let id = decoded.command.meta.command_id.clone();
-            let entry = cx.store().get(m.partition(), &id, cx.now());
+            let entry = cx.store().get(m.partition(), &id, cx.now())?;
             if matches!(
                 entry,
                 Some(LedgerEntry {

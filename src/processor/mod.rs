@@ -75,6 +75,7 @@ impl Processor {
             changelog: names.dedupe(&name),
             ttl: settings.processor.dedupe_ttl,
             state_dir: settings.processor.state_dir.clone(),
+            store: settings.processor.store,
             metrics: &metrics::PROCESSOR,
         };
         Ok(Processor {
@@ -258,7 +259,7 @@ impl Decide {
         };
         let partition = m.partition();
         let id = &event.meta.event_id;
-        if cx.store().contains(partition, id, cx.now())
+        if cx.store().contains(partition, id, cx.now())?
             || seen_in_batch.contains(&(partition, id.clone()))
         {
             return Ok(Verdict::Duplicate);

@@ -264,17 +264,12 @@ impl<E: Entry> BatchCx<'_, E> {
             };
             match attempt.await {
                 Ok(at) => {
-                    self.store.apply(&changes);
-                    for (partition, offset) in at {
-                        self.store.advance(partition, offset + 1);
-                    }
-                    return Ok(());
+                    return self.store.apply(&changes, &at).map_err(BatchError::from);
                 }
                 Err(e) => return Err(abort_after(tx, e).await),
             }
         }
-        self.store.apply(&changes);
-        Ok(())
+        self.store.apply(&changes, &[]).map_err(BatchError::from)
     }
 }
 

@@ -59,7 +59,7 @@ use tracing::{info, warn};
 pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed, to_record};
 
 use crate::config::{KafkaSettings, StageSettings};
-use crate::dedupe::{Change, Entry, RestoreError};
+use crate::dedupe::{Backend, Change, DiskError, Entry, RestoreError};
 use crate::kafka::names::{Names, Stage};
 use crate::kafka::txn::TxError;
 use crate::model::headers::ErrorEnvelope;
@@ -82,6 +82,10 @@ pub enum SessionError {
     /// A store could not be restored.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// A store partition's file refused a read or a write: the session ends, and the next one
+    /// restores from what the file holds durably.
+    #[error(transparent)]
+    Store(#[from] DiskError),
     /// A blocking task failed.
     #[error("blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
@@ -126,6 +130,12 @@ pub enum BatchError {
 impl From<SessionError> for BatchError {
     fn from(e: SessionError) -> Self {
         BatchError::Fatal(e)
+    }
+}
+
+impl From<DiskError> for BatchError {
+    fn from(e: DiskError) -> Self {
+        BatchError::Fatal(e.into())
     }
 }
 
@@ -250,9 +260,11 @@ pub struct StageSpec {
     pub changelog: String,
     /// How long the store remembers a key.
     pub ttl: std::time::Duration,
-    /// Where the store's local checkpoints are kept, if anywhere (`processor.state_dir`,
-    /// `dispatcher.state_dir`).
+    /// Where the store's local checkpoints (or, on disk, its files) are kept, if anywhere
+    /// (`processor.state_dir`, `dispatcher.state_dir`).
     pub state_dir: Option<std::path::PathBuf>,
+    /// Where the store's partitions live (`processor.store`, `dispatcher.store`).
+    pub store: Backend,
     /// The stage's metric names.
     pub metrics: &'static StageMetrics,
 }

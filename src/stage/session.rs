@@ -22,7 +22,7 @@ use super::context::StageContext;
 use super::fault::Point;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
 use crate::config::Guarantee;
-use crate::dedupe::{Partition, Restore, Store, checkpoint};
+use crate::dedupe::{Partition, Restore, Store, checkpoint, disk};
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
@@ -287,7 +287,7 @@ impl<W: Work> Session<'_, W> {
         let ttl = r.spec.ttl;
         let max_wait = r.kafka.transaction_timeout + Duration::from_secs(30);
         let parts = missing.clone();
-        let state_dir = r.spec.state_dir.clone();
+        let (state_dir, backend) = (r.spec.state_dir.clone(), r.spec.store);
         let started = Instant::now();
         let restored = tokio::task::spawn_blocking(move || {
             Restore {
@@ -298,7 +298,8 @@ impl<W: Work> Session<'_, W> {
                 ttl,
                 now: now_ms(),
                 max_wait,
-                checkpoints: state_dir.as_deref(),
+                state_dir: state_dir.as_deref(),
+                backend,
             }
             .run::<W::Entry>()
         })
@@ -323,9 +324,10 @@ impl<W: Work> Session<'_, W> {
         Ok(())
     }
 
-    /// Drops `partitions` from the store, first writing their checkpoints on the blocking pool
-    /// when the stage keeps them (a failure costs the next restore time, nothing else: it is
-    /// logged and the session goes on).
+    /// Drops `partitions` from the store, first, on the blocking pool, writing their checkpoints
+    /// when the stage keeps them in memory with a state directory, or committing their files
+    /// durably when it keeps them on disk (a failure costs the next restore time, nothing else:
+    /// it is logged and the session goes on).
     async fn checkpoint(&mut self, partitions: &[i32]) {
         let states: Vec<(i32, Partition<W::Entry>)> = partitions
             .iter()
@@ -340,17 +342,21 @@ impl<W: Work> Session<'_, W> {
         let changelog = self.r.spec.changelog.clone();
         let written = tokio::task::spawn_blocking(move || {
             states
-                .iter()
-                .map(|(p, state)| {
+                .into_iter()
+                .map(|(p, mut state)| {
                     let started = Instant::now();
-                    let result = checkpoint::write(&dir, &changelog, *p, state, now_ms());
-                    (
-                        *p,
-                        state.len(),
-                        state.next_offset(),
-                        started.elapsed(),
-                        result,
-                    )
+                    let (entries, offset) = (state.len(), state.next_offset());
+                    let result = match &mut state {
+                        Partition::Memory(m) => {
+                            checkpoint::write(&dir, &changelog, p, &*m, now_ms())
+                                .map_err(|e| e.to_string())
+                        }
+                        Partition::Disk(d) => d
+                            .flush(now_ms())
+                            .map(|()| disk::path(&dir, &changelog, p))
+                            .map_err(|e| e.to_string()),
+                    };
+                    (p, entries, offset, started.elapsed(), result)
                 })
                 .collect::<Vec<_>>()
         })
@@ -361,7 +367,7 @@ impl<W: Work> Session<'_, W> {
                 Ok(file) => debug!(adapter, partition = p, entries, offset, file = %file.display(),
                     took_ms = took.as_millis() as u64, "store checkpoint written"),
                 Err(e) => warn!(adapter, partition = p, error = %e,
-                    "store checkpoint not written; the next restore reads the changelog whole"),
+                    "store checkpoint not written; the next restore reads more of the changelog"),
             }
         }
     }
@@ -559,7 +565,8 @@ impl<W: Work> Session<'_, W> {
         }
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             self.last_sweep = Instant::now();
-            handled.changes.extend(self.store.expired(now, SWEEP_LIMIT));
+            let expired = self.store.expired(now, SWEEP_LIMIT)?;
+            handled.changes.extend(expired);
         }
         if tracker.is_empty() && handled.outs.is_empty() && handled.changes.is_empty() {
             // Nothing consumed nor written (everything deferred): only rewind and pause.
@@ -605,12 +612,13 @@ impl<W: Work> Session<'_, W> {
         if r.fault.hit(Point::CrashAfterCommit, self.batch_no) {
             std::process::abort();
         }
-        self.store.apply(&handled.changes);
-        for (o, (partition, offset)) in outs.iter().zip(written) {
-            if o.topic == r.spec.changelog {
-                self.store.advance(partition, offset + 1);
-            }
-        }
+        let changelog_written: Vec<(i32, i64)> = outs
+            .iter()
+            .zip(written)
+            .filter(|(o, _)| o.topic == r.spec.changelog)
+            .map(|(_, at)| at)
+            .collect();
+        self.store.apply(&handled.changes, &changelog_written)?;
         for (outcome, n) in handled.tally.outcomes() {
             if n > 0 {
                 ::metrics::counter!(r.spec.metrics.records, "adapter" => adapter.clone(), "outcome" => outcome)
