@@ -4,7 +4,7 @@
 //! answers lost after the effect. Then, per command, the sandbox's effects say what happened:
 //! - a provider that honours idempotency keys (Stripe-style billing): exactly one effect each;
 //! - e-mail without keys under `park`: never two effects; every command without a receipt is in
-//!   the DLQ (in doubt or failed);
+//!   the DLQ (in doubt or failed); the same with the effect ledger on disk (`store = "disk"`);
 //! - e-mail without keys under `resend`: at least one effect each, and every extra effect is a
 //!   resend the dispatcher logged as in doubt.
 
@@ -53,6 +53,16 @@ fn bad_day() -> Faults {
 
 impl Harness {
     async fn new(adapter: &'static str, provider: Provider, extra: &str) -> Harness {
+        Harness::with(adapter, provider, extra, |_| String::new()).await
+    }
+
+    /// As [`Harness::new`], with more `[dispatcher]` settings (given the test's directory).
+    async fn with(
+        adapter: &'static str,
+        provider: Provider,
+        extra: &str,
+        dispatcher: impl Fn(&std::path::Path) -> String,
+    ) -> Harness {
         let sandbox = Sandbox::start(SandboxConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             api_key: API_KEY.into(),
@@ -80,9 +90,10 @@ impl Harness {
                  [adapters.{adapter}]\nbase_url = 'http://{addr}/{adapter}'\ncredentials_env = 'ONCEFLOW_TEST_API_KEY'\n\
                  rate_per_second = 2000\nburst = 200\n{extra}\n\
                  [dispatcher]\nbatch_max_records = 100\nbatch_max_ms = 50\nstatic_membership = true\n\
-                 request_timeout_ms = 1000\nconnect_timeout_ms = 500\nmax_wait_ms = 3000\n",
+                 request_timeout_ms = 1000\nconnect_timeout_ms = 500\nmax_wait_ms = 3000\n{more}",
                 base = common::config_toml(&s),
                 addr = sandbox.addr,
+                more = dispatcher(&dir),
             ),
         )
         .unwrap();
@@ -307,7 +318,24 @@ async fn with_idempotency_keys_every_command_has_exactly_one_effect_through_sigk
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_keys_under_park_no_command_is_sent_twice_and_every_doubt_is_parked() {
-    let h = Harness::new("email", Provider::Email, "provider = 'sendgrid'").await;
+    park(Harness::new("email", Provider::Email, "provider = 'sendgrid'").await).await;
+}
+
+/// The same with the ledger on disk (`store = "disk"`): commits since its last durable one die
+/// with each SIGKILL, and the restart reads the changelog after its file's offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_ledger_on_disk_under_park_no_command_is_sent_twice() {
+    let h = Harness::with("email", Provider::Email, "provider = 'sendgrid'", |dir| {
+        format!(
+            "state_dir = {:?}\nstore = \"disk\"\n",
+            dir.join("state").display().to_string()
+        )
+    })
+    .await;
+    park(h).await;
+}
+
+async fn park(h: Harness) {
     let events: Vec<_> = (0..1_000)
         .map(|i| common::lead(&format!("P-{i}"), &format!("p{i}@x.io")))
         .collect();

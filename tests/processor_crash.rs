@@ -1,6 +1,6 @@
 //! Crash proof: the real `onceflow process` binary, killed with SIGKILL at arbitrary points and at
 //! exact ones (before the commit, after it, while a rebalance is under way), restarted, and
-//! alongside a second instance. Afterwards the outbox, read with `read_committed`, holds exactly
+//! alongside a second instance; once with the dedupe store on disk. Afterwards the outbox, read with `read_committed`, holds exactly
 //! one command per event: nothing lost, nothing doubled.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure

@@ -42,8 +42,10 @@ pub const DURABLE_EVERY: Duration = Duration::from_secs(5);
 /// redb's page cache for one partition.
 pub const CACHE_BYTES: usize = 4 << 20;
 
-/// Records a restore writes in one transaction.
-const RESTORE_CHUNK: usize = 20_000;
+/// Records a restore writes in one transaction: the larger, the fewer times the same pages are
+/// rewritten (800 000 random keys into one file: 9.7 s in chunks of 20 000, 4.4 s in chunks of
+/// 100 000, for 18 and 35 MB of RSS).
+const RESTORE_CHUNK: usize = 100_000;
 
 const KEYS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("keys");
 const BY_SLICE: TableDefinition<(i64, &[u8]), ()> = TableDefinition::new("by_slice");

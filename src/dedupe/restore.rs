@@ -137,6 +137,27 @@ impl Restore<'_> {
             StartAt::Earliest,
         )
         .create()?;
+        if self.backend == Backend::Disk {
+            // One partition at a time: a file is written in large chunks (fewer rewrites of the
+            // same pages), and only one partition's chunk is held at once.
+            for (p, target) in &targets {
+                self.read(&reader, &mut out, &HashMap::from([(*p, *target)]), &starts)?;
+            }
+        } else {
+            self.read(&reader, &mut out, &targets, &starts)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads the changelog of the partitions of `targets`, each from its start up to its target.
+    fn read<E: Entry>(
+        &self,
+        reader: &BaseConsumer,
+        out: &mut Restored<E>,
+        targets: &HashMap<i32, i64>,
+        starts: &HashMap<i32, Offset>,
+    ) -> Result<(), RestoreError> {
+        let changelog = self.changelog;
         let mut tpl = TopicPartitionList::new();
         for p in targets.keys() {
             tpl.add_partition_offset(changelog, *p, starts[p])?;
@@ -148,7 +169,7 @@ impl Restore<'_> {
         let mut progress = Instant::now();
         loop {
             if let Some(polled) = reader.poll(Duration::from_millis(100)) {
-                let Some(m) = crate::kafka::polled::record(&reader, polled)? else {
+                let Some(m) = crate::kafka::polled::record(reader, polled)? else {
                     continue;
                 };
                 progress = Instant::now();
@@ -178,12 +199,12 @@ impl Restore<'_> {
             let Some((partition, target)) = pending.first().copied() else {
                 // Read up to the target: the state reflects everything below it (transaction
                 // markers and aborted records included, which a reader skips).
-                for (p, target) in &targets {
+                for (p, target) in targets {
                     if let Some(state) = out.partitions.get_mut(p) {
                         state.restored(*target, self.now)?;
                     }
                 }
-                return Ok(out);
+                return Ok(());
             };
             if progress.elapsed() > self.max_wait {
                 return Err(RestoreError::Stuck {
