@@ -97,7 +97,12 @@ impl<W: Work> Session<'_, W> {
         })
         .await;
         let adapter = self.r.adapter();
-        for (p, entries, offset, took, result) in written.unwrap_or_default() {
+        let written = written.unwrap_or_else(|e| {
+            warn!(adapter, error = %e,
+                "store checkpoints not written; the next restore reads more of the changelog");
+            Vec::new()
+        });
+        for (p, entries, offset, took, result) in written {
             match result {
                 Ok(file) => debug!(adapter, partition = p, entries, offset, file = %file.display(),
                     took_ms = took.as_millis() as u64, "store checkpoint written"),
