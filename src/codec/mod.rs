@@ -6,13 +6,16 @@
 //! - Encoding resolves the schema id once per (subject, schema) and caches it; with `auto_register`
 //!   on, the first use registers the schema, otherwise the subject's latest registered version is
 //!   used and a missing subject is an error. schema_registry_converter caches by subject alone, so
-//!   [`AvroCodec`] keeps one encoder per schema text: two versions of one record on one topic (same
-//!   subject) are each encoded with their own schema, never with whichever came first.
+//!   [`AvroCodec`] keeps one encoding per schema text: two versions of one record on one topic (same
+//!   subject) are each encoded with their own schema, never with whichever came first. Once the id
+//!   is known, a record is written through that schema's [`DatumWriter`] with the id in front:
+//!   nothing is looked up or resolved per record, and an invalid value is still refused.
 //! - A failed encode is not remembered: a subject registered later (by CI, with `auto_register`
 //!   off) is found by the next attempt without a restart. Decoding failures stay cached, so a flood
 //!   of records with an unknown schema id does not hammer the registry.
 //! - Decoding never panics: a bad magic byte, an unknown schema id or truncated bytes is a
 //!   [`CodecError::Decode`] that says whether a retry could help (registry unreachable) or not.
+//!   Each writer schema id gets one strict [`DatumReader`] ([`datum`]).
 //! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
 //! - A codec made with [`AvroCodec::verifying`] (ingest's) returns bytes only once the registry
 //!   confirmed their schema id after they were encoded ([`ids`]); an id the registry lost is
@@ -20,7 +23,10 @@
 //!   consumer could decode.
 
 pub mod catalog;
+pub mod datum;
 pub mod ids;
+
+pub use datum::{DatumReader, DatumWriter, decode_datum};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -182,13 +188,35 @@ pub trait Codec: Send + Sync {
     fn decode(&self, bytes: &[u8]) -> impl Future<Output = Result<Decoded, CodecError>> + Send;
 }
 
+/// How one schema text is encoded: the registry's encoder until the schema id is known for a
+/// topic, then straight through a writer built once, with that id in front.
+#[derive(Debug)]
+struct Encoding {
+    registry: AvroEncoder,
+    writer: DatumWriter,
+    /// The schema id on each topic (its subject), learnt from the registry's encoder.
+    ids: Mutex<HashMap<String, u32>>,
+}
+
+impl Encoding {
+    fn id(&self, topic: &str) -> Option<u32> {
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+            .copied()
+    }
+}
+
 /// Encoders and a decoder sharing one registry connection.
 #[derive(Debug)]
 pub struct AvroCodec {
     registry: SrSettings,
-    /// One encoder per schema text (see the module invariants).
-    encoders: Mutex<HashMap<String, Arc<AvroEncoder>>>,
+    /// One encoding per schema text (see the module invariants).
+    encoders: Mutex<HashMap<String, Arc<Encoding>>>,
     decoder: AvroDecoder,
+    /// One strict reader per writer schema id, its names resolved once ([`datum`]).
+    readers: Mutex<HashMap<u32, Arc<DatumReader>>>,
     auto_register: bool,
     /// Confirms schema ids with the registry: each encoded record's (ingest's codec,
     /// `verify_each`), or a batch's before it is committed ([`AvroCodec::confirm`]).
@@ -210,6 +238,7 @@ impl AvroCodec {
             registry: sr.clone(),
             encoders: Mutex::new(HashMap::new()),
             decoder: AvroDecoder::new(sr),
+            readers: Mutex::new(HashMap::new()),
             auto_register: settings.auto_register,
             verifier: ids::Verifier::new(&settings.url),
             verify_each: false,
@@ -252,16 +281,29 @@ impl AvroCodec {
         Ok(())
     }
 
-    fn encoder_for(&self, schema: &RecordSchema) -> Arc<AvroEncoder> {
+    fn encoding_for(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+    ) -> Result<Arc<Encoding>, CodecError> {
         // A poisoned lock only means another encode panicked mid-insert; the map is still valid.
         let mut encoders = self.encoders.lock().unwrap_or_else(|p| p.into_inner());
-        // Look up by reference: the schema text is only copied when its encoder is created.
-        if let Some(encoder) = encoders.get(schema.json.as_str()) {
-            return Arc::clone(encoder);
+        // Look up by reference: the schema text is only copied when its encoding is created.
+        if let Some(encoding) = encoders.get(schema.json.as_str()) {
+            return Ok(Arc::clone(encoding));
         }
-        let encoder = Arc::new(AvroEncoder::new(self.registry.clone()));
-        encoders.insert(schema.json.clone(), Arc::clone(&encoder));
-        encoder
+        let writer = DatumWriter::new(&schema.parsed).map_err(|reason| CodecError::Encode {
+            subject: schema.subject(topic),
+            reason,
+            retriable: false,
+        })?;
+        let encoding = Arc::new(Encoding {
+            registry: AvroEncoder::new(self.registry.clone()),
+            writer,
+            ids: Mutex::new(HashMap::new()),
+        });
+        encoders.insert(schema.json.clone(), Arc::clone(&encoding));
+        Ok(encoding)
     }
 
     fn strategy(&self, topic: &str, schema: &RecordSchema) -> SubjectNameStrategy {
@@ -289,13 +331,6 @@ impl AvroCodec {
         schema: &RecordSchema,
         value: Value,
     ) -> Result<Vec<u8>, CodecError> {
-        if !value.validate(&schema.parsed) {
-            return Err(CodecError::Encode {
-                subject: schema.subject(topic),
-                reason: "value does not match the schema".into(),
-                retriable: false,
-            });
-        }
         if !self.verify_each {
             return self.encode_once(topic, schema, value).await;
         }
@@ -331,25 +366,58 @@ impl AvroCodec {
         schema: &RecordSchema,
         value: Value,
     ) -> Result<Vec<u8>, CodecError> {
-        let encoder = self.encoder_for(schema);
-        encoder
+        let encoding = self.encoding_for(topic, schema)?;
+        let invalid = |reason: String| CodecError::Encode {
+            subject: schema.subject(topic),
+            reason,
+            retriable: false,
+        };
+        if let Some(id) = encoding.id(topic) {
+            let mut bytes = Vec::with_capacity(128);
+            bytes.push(0);
+            bytes.extend_from_slice(&id.to_be_bytes());
+            encoding.writer.write(&value, &mut bytes).map_err(invalid)?;
+            return Ok(bytes);
+        }
+        // The first record of this schema on this topic: checked here, so that an invalid value
+        // is said to be one rather than whatever the registry's encoder makes of it.
+        if !value.validate(&schema.parsed) {
+            return Err(invalid("value does not match the schema".into()));
+        }
+        let bytes = encoding
+            .registry
             .encode_value(value, &self.strategy(topic, schema))
             .await
             .map_err(|e| {
                 // schema_registry_converter caches non-retriable errors (a subject not registered
                 // yet); forget them so that the next attempt asks the registry again.
-                encoder.remove_errors_from_cache();
+                encoding.registry.remove_errors_from_cache();
                 CodecError::Encode {
                     subject: schema.subject(topic),
                     reason: describe(&e),
                     retriable: e.retriable,
                 }
-            })
+            })?;
+        let (id, _) = split_wire_format(&bytes)?;
+        encoding
+            .ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_string(), id);
+        Ok(bytes)
     }
 
-    /// Decodes Confluent wire-format bytes with the writer's schema from the registry.
-    async fn decode_bytes(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
-        let (id, datum) = split_wire_format(bytes)?;
+    /// The strict reader of schema id `id`, built once from the registry's schema.
+    async fn reader_for(&self, id: u32) -> Result<Arc<DatumReader>, CodecError> {
+        let cached = self
+            .readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned();
+        if let Some(reader) = cached {
+            return Ok(reader);
+        }
         let writer = self
             .decoder
             .get_schema(id)
@@ -358,15 +426,32 @@ impl AvroCodec {
                 reason: format!("schema id {id}: {}", describe(&e)),
                 retriable: e.retriable,
             })?;
-        let value = decode_datum(&writer.parsed, datum).map_err(|reason| CodecError::Decode {
+        let reader =
+            Arc::new(
+                DatumReader::new(&writer.parsed).map_err(|reason| CodecError::Decode {
+                    reason: format!("schema id {id}: {reason}"),
+                    retriable: false,
+                })?,
+            );
+        self.readers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Arc::clone(&reader));
+        Ok(reader)
+    }
+
+    /// Decodes Confluent wire-format bytes with the writer's schema from the registry.
+    async fn decode_bytes(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+        let (id, datum) = split_wire_format(bytes)?;
+        let reader = self.reader_for(id).await?;
+        let value = reader.read(datum).map_err(|reason| CodecError::Decode {
             reason: format!("schema id {id}: {reason}"),
             retriable: false,
         })?;
-        let record_name = match &writer.parsed {
-            apache_avro::Schema::Record(r) => Some(r.name.fullname(None)),
-            _ => None,
-        };
-        Ok(Decoded { record_name, value })
+        Ok(Decoded {
+            record_name: reader.record_name().map(str::to_owned),
+            value,
+        })
     }
 }
 
@@ -400,165 +485,9 @@ pub fn split_wire_format(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
     }
 }
 
-/// Reads a datum and refuses, as an error, any read past its end. apache-avro takes an
-/// `UnexpectedEof` in some places (a union index) as a clean end and reads `null` there; this reader
-/// never returns one, so a datum that ends early is always an error.
-struct Strict<'a> {
-    datum: &'a [u8],
-    position: usize,
-}
-
-impl std::io::Read for Strict<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let rest = &self.datum[self.position..];
-        if rest.is_empty() && !buf.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the datum ends in the middle of a value",
-            ));
-        }
-        let n = rest.len().min(buf.len());
-        buf[..n].copy_from_slice(&rest[..n]);
-        self.position += n;
-        Ok(n)
-    }
-}
-
-/// Decodes one Avro datum strictly: every byte must be consumed, and the value must account for
-/// every byte. apache-avro reads a union whose index is missing at end of input as `null` (and a
-/// plain reader may fill unread fields with `Null`), so a truncated record would otherwise decode
-/// "successfully". Two guards: the datum is read through [`Strict`], so a read past its end is an
-/// error (a last union index cut in the middle of its varint, one byte `0xf9`, was read as `null`
-/// and had the length of the canonical `0x00`; found by fuzz/fuzz_targets/wire_format.rs); and
-/// the value is encoded again and must take as many bytes, because a missing field costs at least
-/// one byte when written back. (Not the same bytes: map entries come back in another order.)
-/// Writers that use the canonical single-block encoding (Java, Confluent, Go and Python clients)
-/// always pass.
-pub fn decode_datum(writer: &apache_avro::Schema, datum: &[u8]) -> Result<Value, String> {
-    use apache_avro::reader::datum::GenericDatumReader;
-    use apache_avro::writer::datum::GenericDatumWriter;
-
-    let invalid = "truncated or corrupt: the bytes do not hold a whole record of the writer schema";
-    let mut reader = Strict { datum, position: 0 };
-    let value = GenericDatumReader::builder(writer)
-        .build()
-        .and_then(|r| r.read_value(&mut reader))
-        .map_err(|e| format!("{invalid} ({e})"))?;
-    if reader.position != datum.len() {
-        return Err(format!(
-            "{} trailing bytes after the record",
-            datum.len() - reader.position
-        ));
-    }
-    // The datum writer validates the value against the schema before writing it. Its returned
-    // count leaves out union indexes (apache-avro 0.22), so count what reaches the writer instead.
-    let mut rewritten = Vec::with_capacity(datum.len());
-    GenericDatumWriter::builder(writer)
-        .build()
-        .and_then(|w| w.write_value_ref(&mut rewritten, &value))
-        .map_err(|e| format!("{invalid} ({e})"))?;
-    if rewritten.len() != datum.len() {
-        return Err(invalid.into());
-    }
-    Ok(value)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const SCHEMA: &str = r#"{"type":"record","name":"R","namespace":"t","fields":[
-        {"name":"a","type":"string"},
-        {"name":"b","type":["null","string"],"default":null},
-        {"name":"c","type":"long"},
-        {"name":"d","type":["null","long"],"default":null}]}"#;
-
-    fn record() -> Value {
-        Value::Record(vec![
-            ("a".into(), Value::String("hello".into())),
-            (
-                "b".into(),
-                Value::Union(1, Box::new(Value::String("world".into()))),
-            ),
-            ("c".into(), Value::Long(123_456)),
-            ("d".into(), Value::Union(1, Box::new(Value::Long(7)))),
-        ])
-    }
-
-    fn encode(schema: &apache_avro::Schema) -> Vec<u8> {
-        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(record())
-            .unwrap()
-    }
-
-    #[test]
-    fn every_truncation_is_an_error() {
-        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
-        let datum = encode(&schema);
-        assert_eq!(decode_datum(&schema, &datum).unwrap(), record());
-        for len in 0..datum.len() {
-            assert!(
-                decode_datum(&schema, &datum[..len]).is_err(),
-                "{len} of {} bytes decoded",
-                datum.len()
-            );
-        }
-    }
-
-    #[test]
-    fn a_last_union_index_cut_mid_varint_is_an_error() {
-        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
-        let mut record = record();
-        let Value::Record(fields) = &mut record else {
-            unreachable!()
-        };
-        fields[3].1 = Value::Union(0, Box::new(Value::Null));
-        let mut datum = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-            .build()
-            .unwrap()
-            .write_value_to_vec(record)
-            .unwrap();
-        assert_eq!(datum.last(), Some(&0), "`d` is null: union index 0");
-        // The byte the fuzzer found: a varint whose continuation bit promises a byte that is not
-        // there. Same length as the canonical `0x00`, so the length check alone let it through.
-        *datum.last_mut().unwrap() = 0xf9;
-        let e = decode_datum(&schema, &datum).unwrap_err();
-        assert!(e.contains("truncated or corrupt"), "{e}");
-    }
-
-    #[test]
-    fn a_map_decodes_whatever_order_its_entries_come_back_in() {
-        let schema = apache_avro::Schema::parse_str(
-            r#"{"type":"record","name":"M","fields":[{"name":"m","type":{"type":"map","values":"long"}}]}"#,
-        )
-        .unwrap();
-        let map: std::collections::HashMap<String, Value> =
-            (0..16).map(|i| (format!("k{i}"), Value::Long(i))).collect();
-        let value = Value::Record(vec![("m".into(), Value::Map(map))]);
-        let writer = apache_avro::writer::datum::GenericDatumWriter::builder(&schema)
-            .build()
-            .unwrap();
-        // Each HashMap iterates in its own order: re-encoding a decoded map gives other bytes of
-        // the same length, which must not be taken for corruption.
-        for _ in 0..8 {
-            let datum = writer.write_value_to_vec(value.clone()).unwrap();
-            assert_eq!(decode_datum(&schema, &datum).unwrap(), value);
-        }
-    }
-
-    #[test]
-    fn trailing_bytes_are_an_error() {
-        let schema = apache_avro::Schema::parse_str(SCHEMA).unwrap();
-        let mut datum = encode(&schema);
-        datum.push(0);
-        assert!(
-            decode_datum(&schema, &datum)
-                .unwrap_err()
-                .contains("trailing")
-        );
-    }
 
     #[test]
     fn wire_format_needs_magic_byte_and_id() {
