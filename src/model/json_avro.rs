@@ -25,10 +25,35 @@ pub struct FieldError {
     pub detail: String,
 }
 
-fn err(field: &str, detail: impl Into<String>) -> FieldError {
+fn err(field: impl std::fmt::Display, detail: impl Into<String>) -> FieldError {
     FieldError {
         field: field.to_string(),
         detail: detail.into(),
+    }
+}
+
+/// Where a value sits in what is converted: written out (`data.tags[2]`) only when an error names
+/// it, so a record that converts builds no path strings.
+#[derive(Clone, Copy)]
+enum Path<'a> {
+    /// The value the caller passed, named as the caller said.
+    Root(&'a str),
+    /// A record's field: `parent.name`, or `name` under an unnamed root.
+    Field(&'a Path<'a>, &'a str),
+    /// A map's entry: `parent.key`.
+    Key(&'a Path<'a>, &'a str),
+    /// An array's item: `parent[i]`.
+    Index(&'a Path<'a>, usize),
+}
+
+impl std::fmt::Display for Path<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Path::Root(name) => f.write_str(name),
+            Path::Field(Path::Root(""), name) => f.write_str(name),
+            Path::Field(parent, name) | Path::Key(parent, name) => write!(f, "{parent}.{name}"),
+            Path::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
     }
 }
 
@@ -45,6 +70,10 @@ fn kind(json: &Json) -> &'static str {
 
 /// Converts `json` into a value of `schema`; `path` names it in errors.
 pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldError> {
+    convert(json, schema, &Path::Root(path))
+}
+
+fn convert(json: &Json, schema: &Schema, path: &Path<'_>) -> Result<Value, FieldError> {
     let expected = |what: &str| err(path, format!("expected {what}, got {}", kind(json)));
     match schema {
         Schema::Null => json
@@ -92,7 +121,7 @@ pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldE
             items
                 .iter()
                 .enumerate()
-                .map(|(i, item)| to_avro(item, &a.items, &format!("{path}[{i}]")))
+                .map(|(i, item)| convert(item, &a.items, &Path::Index(path, i)))
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array)
         }
@@ -100,7 +129,7 @@ pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldE
             let entries = json.as_object().ok_or_else(|| expected("an object"))?;
             entries
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), to_avro(v, &m.types, &format!("{path}.{k}"))?)))
+                .map(|(k, v)| Ok((k.clone(), convert(v, &m.types, &Path::Key(path, k))?)))
                 .collect::<Result<HashMap<_, _>, FieldError>>()
                 .map(Value::Map)
         }
@@ -128,7 +157,7 @@ pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldE
                 .enumerate()
                 .filter(|(_, v)| !matches!(v, Schema::Null))
             {
-                match to_avro(json, variant, path) {
+                match convert(json, variant, path) {
                     Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
                     Err(e) => {
                         first_error.get_or_insert(e);
@@ -139,7 +168,7 @@ pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldE
         }
         Schema::Record(r) => {
             let object = json.as_object().ok_or_else(|| expected("an object"))?;
-            record_to_avro(object, r, path, Vec::new())
+            record(object, r, path, Vec::new())
         }
         other => Err(err(
             path,
@@ -155,30 +184,32 @@ pub fn record_to_avro(
     object: &Map<String, Json>,
     schema: &apache_avro::schema::RecordSchema,
     path: &str,
+    provided: Vec<(&str, Value)>,
+) -> Result<Value, FieldError> {
+    record(object, schema, &Path::Root(path), provided)
+}
+
+fn record(
+    object: &Map<String, Json>,
+    schema: &apache_avro::schema::RecordSchema,
+    path: &Path<'_>,
     mut provided: Vec<(&str, Value)>,
 ) -> Result<Value, FieldError> {
-    let join = |name: &str| {
-        if path.is_empty() {
-            name.to_string()
-        } else {
-            format!("{path}.{name}")
-        }
-    };
     if let Some(unknown) = object.keys().find(|k| {
         provided.iter().any(|(p, _)| p == k) || !schema.fields.iter().any(|f| &f.name == *k)
     }) {
-        return Err(err(&join(unknown), "unknown field"));
+        return Err(err(Path::Field(path, unknown), "unknown field"));
     }
     let mut fields = Vec::with_capacity(schema.fields.len());
     for field in &schema.fields {
-        let field_path = join(&field.name);
+        let field_path = Path::Field(path, &field.name);
         let value = if let Some(i) = provided.iter().position(|(p, _)| *p == field.name) {
             provided.swap_remove(i).1
         } else {
             match (object.get(&field.name), &field.default) {
-                (Some(json), _) => to_avro(json, &field.schema, &field_path)?,
-                (None, Some(default)) => to_avro(default, &field.schema, &field_path)?,
-                (None, None) => return Err(err(&field_path, "is required")),
+                (Some(json), _) => convert(json, &field.schema, &field_path)?,
+                (None, Some(default)) => convert(default, &field.schema, &field_path)?,
+                (None, None) => return Err(err(field_path, "is required")),
             }
         };
         fields.push((field.name.clone(), value));
@@ -326,6 +357,25 @@ mod tests {
             "unknown field"
         );
         assert_eq!(e(json!([1])).field, "data");
+    }
+
+    #[test]
+    fn paths_are_spelt_as_before_under_an_unnamed_root() {
+        let s = schema();
+        let e = |j: Json| to_avro(&j, &s, "").unwrap_err().field;
+        assert_eq!(e(json!({"at": 1})), "email");
+        assert_eq!(e(json!({"email": "a", "at": 1, "tags": [2]})), "tags[0]");
+        assert_eq!(
+            e(json!({"email": "a", "at": 1, "vars": {"k": 1}})),
+            "vars.k"
+        );
+        let e = to_avro(
+            &json!([1]),
+            &Schema::parse_str(r#"{"type":"array","items":"string"}"#).unwrap(),
+            "",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "[0]");
     }
 
     #[test]
