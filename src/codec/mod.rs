@@ -6,7 +6,7 @@
 //! - Encoding resolves the schema id once per (subject, schema) and caches it; with `auto_register`
 //!   on, the first use registers the schema, otherwise the subject's latest registered version is
 //!   used and a missing subject is an error. schema_registry_converter caches by subject alone, so
-//!   [`AvroCodec`] keeps one encoding per schema text: two versions of one record on one topic (same
+//!   [`AvroCodec`] keeps one encoding per schema: two versions of one record on one topic (same
 //!   subject) are each encoded with their own schema, never with whichever came first. Once the id
 //!   is known, a record is written through that schema's [`DatumWriter`] with the id in front:
 //!   nothing is looked up or resolved per record, and an invalid value is still refused.
@@ -97,7 +97,8 @@ fn describe(e: &SRCError) -> String {
 #[derive(Debug, Clone)]
 pub struct RecordSchema {
     full_name: String,
-    json: String,
+    /// Shared by the schema's clones: [`AvroCodec`] keys its encodings by this allocation.
+    json: Arc<str>,
     parsed: apache_avro::Schema,
 }
 
@@ -115,7 +116,7 @@ impl RecordSchema {
         };
         Ok(RecordSchema {
             full_name,
-            json: json.to_string(),
+            json: Arc::from(json),
             parsed,
         })
     }
@@ -208,12 +209,39 @@ impl Encoding {
     }
 }
 
+/// A [`RecordSchema`]'s text as a map key, by its allocation: hashing or comparing the text itself
+/// (kilobytes) for every record cost more than encoding it. Clones of one schema share the text;
+/// the map holds it, so no other text can take its address while it is a key. A schema parsed
+/// twice is two keys, each with its own (equally correct) encoding.
+#[derive(Debug)]
+struct SchemaKey(Arc<str>);
+
+impl SchemaKey {
+    fn of(schema: &RecordSchema) -> SchemaKey {
+        SchemaKey(Arc::clone(&schema.json))
+    }
+}
+
+impl PartialEq for SchemaKey {
+    fn eq(&self, other: &SchemaKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SchemaKey {}
+
+impl std::hash::Hash for SchemaKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0).cast::<u8>(), state);
+    }
+}
+
 /// Encoders and a decoder sharing one registry connection.
 #[derive(Debug)]
 pub struct AvroCodec {
     registry: SrSettings,
-    /// One encoding per schema text (see the module invariants).
-    encoders: Mutex<HashMap<String, Arc<Encoding>>>,
+    /// One encoding per schema (see the module invariants).
+    encoders: Mutex<HashMap<SchemaKey, Arc<Encoding>>>,
     decoder: AvroDecoder,
     /// One strict reader per writer schema id, its names resolved once ([`datum`]).
     readers: Mutex<HashMap<u32, Arc<DatumReader>>>,
@@ -288,8 +316,8 @@ impl AvroCodec {
     ) -> Result<Arc<Encoding>, CodecError> {
         // A poisoned lock only means another encode panicked mid-insert; the map is still valid.
         let mut encoders = self.encoders.lock().unwrap_or_else(|p| p.into_inner());
-        // Look up by reference: the schema text is only copied when its encoding is created.
-        if let Some(encoding) = encoders.get(schema.json.as_str()) {
+        let key = SchemaKey::of(schema);
+        if let Some(encoding) = encoders.get(&key) {
             return Ok(Arc::clone(encoding));
         }
         let writer = DatumWriter::new(&schema.parsed).map_err(|reason| CodecError::Encode {
@@ -302,7 +330,7 @@ impl AvroCodec {
             writer,
             ids: Mutex::new(HashMap::new()),
         });
-        encoders.insert(schema.json.clone(), Arc::clone(&encoding));
+        encoders.insert(key, Arc::clone(&encoding));
         Ok(encoding)
     }
 
@@ -313,7 +341,7 @@ impl AvroCodec {
                 SuppliedSchema::new(
                     Some(schema.full_name.clone()),
                     SchemaType::Avro,
-                    schema.json.clone(),
+                    schema.json.to_string(),
                 ),
             )
         } else {
@@ -346,7 +374,7 @@ impl AvroCodec {
         self.encoders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(schema.json.as_str());
+            .remove(&SchemaKey::of(schema));
         let bytes = self.encode_once(topic, schema, value).await?;
         let (id, _) = split_wire_format(&bytes)?;
         match verifier.check(id, tokio::time::Instant::now()).await? {
@@ -488,6 +516,16 @@ pub fn split_wire_format(bytes: &[u8]) -> Result<(u32, &[u8]), CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_schema_and_its_clones_are_one_key_and_a_reparse_another() {
+        let json = r#"{"type":"record","name":"R","fields":[{"name":"a","type":"long"}]}"#;
+        let schema = RecordSchema::parse("test", json).unwrap();
+        let mut keys = std::collections::HashSet::new();
+        assert!(keys.insert(SchemaKey::of(&schema)));
+        assert!(!keys.insert(SchemaKey::of(&schema.clone())));
+        assert!(keys.insert(SchemaKey::of(&RecordSchema::parse("test", json).unwrap())));
+    }
 
     #[test]
     fn wire_format_needs_magic_byte_and_id() {
