@@ -96,14 +96,17 @@ impl Slicing {
 /// The keys of one slice.
 #[derive(Debug)]
 struct Slice<P> {
-    uuids: HashMap<[u8; 16], P>,
+    /// UUID ids (ingest's, UUIDv5: SHA-1 output), hashed with foldhash: a tenth of SipHash's cost.
+    uuids: HashMap<[u8; 16], P, foldhash::fast::RandomState>,
+    /// Any other id, chosen by whoever produced the event: kept on SipHash, which resists keys
+    /// picked to collide.
     texts: HashMap<Box<str>, P>,
 }
 
 impl<P: Copy> Slice<P> {
     fn new() -> Slice<P> {
         Slice {
-            uuids: HashMap::new(),
+            uuids: HashMap::default(),
             texts: HashMap::new(),
         }
     }

@@ -119,6 +119,9 @@ struct Decide {
     outbox: String,
 }
 
+/// The (partition, event id) pairs decided earlier in the batch being handled.
+type SeenInBatch = HashSet<(i32, String), foldhash::fast::RandomState>;
+
 /// What one record came to.
 enum Verdict {
     Decided(Vec<Out>, Change<i64>),
@@ -139,7 +142,9 @@ impl Work for Decide {
         cx: &mut BatchCx<'_, i64>,
     ) -> Result<Handled<i64>, BatchError> {
         let mut h = Handled::default();
-        let mut seen_in_batch: HashSet<(i32, String)> = HashSet::new();
+        // foldhash: a batch holds at most `batch_max_records` ids, so keys chosen to collide
+        // could slow one batch, not the process.
+        let mut seen_in_batch: SeenInBatch = HashSet::default();
         for d in due {
             match self.verdict(d, cx, &seen_in_batch).await? {
                 Verdict::Decided(cmds, change) => {
@@ -211,7 +216,7 @@ impl Decide {
         &self,
         d: &Due<'_>,
         cx: &BatchCx<'_, i64>,
-        seen_in_batch: &HashSet<(i32, String)>,
+        seen_in_batch: &SeenInBatch,
     ) -> Result<Verdict, BatchError> {
         let m = d.msg;
         let fail = |class, message: &str, correlation_id: Option<String>| {
