@@ -190,8 +190,12 @@ fn truncate(s: &str, max: usize) -> String {
 /// A W3C `traceparent` for a new span: `inherited`'s trace continued with a new span id, or a new
 /// trace when `inherited` is missing or not a valid version-00 traceparent. Ingest starts (or
 /// continues) the event's trace; each call to a provider is a child span of it.
+///
+/// Ids come from a per-thread generator (fastrand, seeded per process), not the OS: W3C asks ids
+/// to be random and unique, not secret, and a `getrandom` call per record was a visible share of
+/// the processor's time. Never all zeros, which W3C reserves as invalid.
 pub fn continue_trace(inherited: Option<&str>) -> String {
-    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    let span = format!("{:016x}", fastrand::u64(1..));
     let parsed = inherited.and_then(|t| {
         let mut parts = t.trim().split('-');
         let (version, trace, _parent, flags) =
@@ -202,7 +206,7 @@ pub fn continue_trace(inherited: Option<&str>) -> String {
     });
     match parsed {
         Some((trace, flags)) => format!("00-{trace}-{span}-{flags}"),
-        None => format!("00-{}-{span}-01", uuid::Uuid::new_v4().simple()),
+        None => format!("00-{:032x}-{span}-01", fastrand::u128(1..)),
     }
 }
 
@@ -435,6 +439,17 @@ mod tests {
             let t = continue_trace(bad);
             assert_eq!(t.len(), 55, "{t}");
             assert!(t.starts_with("00-"));
+        }
+        // New ids are distinct and valid: hex, the right lengths, never all zeros.
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| continue_trace(None)).collect();
+        assert_eq!(ids.len(), 1000);
+        for t in &ids {
+            let trace = trace_id(t).unwrap();
+            let span = &t[36..52];
+            assert!(span.bytes().all(|b| b.is_ascii_hexdigit()), "{t}");
+            assert_ne!(trace, "0".repeat(32));
+            assert_ne!(span, "0".repeat(16));
         }
     }
 }
