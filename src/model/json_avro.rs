@@ -239,17 +239,27 @@ pub fn envelope_to_avro<M: serde::Serialize>(
 }
 
 /// The inverse of [`envelope_to_avro`]: the `meta` field read into `M`, the other fields as JSON.
+/// Field by field: the record is not first turned into one JSON object that `meta` is taken out of.
 pub fn envelope_from_avro<M: serde::de::DeserializeOwned>(
     value: &Value,
 ) -> Result<(M, Map<String, Json>), FieldError> {
-    let Json::Object(mut fields) = to_json(value) else {
-        return Err(err("", "not a record"));
+    let fields = match value {
+        Value::Record(fields) => fields,
+        Value::Union(_, inner) => return envelope_from_avro(inner),
+        _ => return Err(err("", "not a record")),
     };
-    let meta = fields
-        .remove("meta")
-        .ok_or_else(|| err("meta", "missing"))?;
-    let meta = serde_json::from_value(meta).map_err(|e| err("meta", e.to_string()))?;
-    Ok((meta, fields))
+    let mut meta = None;
+    let mut data = Map::new();
+    for (name, field) in fields {
+        if name == "meta" {
+            meta = Some(field);
+        } else {
+            data.insert(name.clone(), to_json(field));
+        }
+    }
+    let meta = meta.ok_or_else(|| err("meta", "missing"))?;
+    let meta = serde_json::from_value(to_json(meta)).map_err(|e| err("meta", e.to_string()))?;
+    Ok((meta, data))
 }
 
 /// Converts an Avro value back into JSON (unions unwrap; timestamps become epoch milliseconds).
