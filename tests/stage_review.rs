@@ -16,6 +16,10 @@
 //!   wrote a newer one) still misses nothing
 //!   (`a_restart_restores_from_an_old_checkpoint_and_the_changelog_after_it`); the same with the
 //!   store on disk, whose files are its checkpoints.
+//! - The loop polls while a batch commits: a rebalance then waits for that transaction before the
+//!   partitions go, so the new owner restores a changelog that has the batch's entries and starts
+//!   past its offsets; duplicates sent afterwards are dropped
+//!   (`a_revoke_while_a_batch_commits_waits_for_it_and_nothing_doubles`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is the failure
 
@@ -96,6 +100,33 @@ async fn command_ids(s: &Settings) -> BTreeMap<String, usize> {
         *ids.entry(id).or_default() += 1;
     }
     ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_while_a_batch_commits_waits_for_it_and_nothing_doubles() {
+    logs();
+    let mut s = settings("revoke").await;
+    // The input alone (no retry topics), so that the partitions that move are input partitions.
+    s.retry.tiers.clear();
+    publish(&s, leads("RV", 30)).await;
+    // Batch 1's transaction begins 10 s late on the committer thread, while the loop polls on.
+    let first = Running::start(crm(&s).with_fault(FaultPlan::at(Point::TransactionDelayed, 1)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A second instance joins while batch 1 is in flight: the first one's partitions are revoked.
+    let mut s2 = s.clone();
+    s2.processor.instance_id = "revoke-2".into();
+    let second = Running::start(crm(&s2));
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    // Duplicates of batch 1's events, and new ones, now spread over both instances.
+    publish(&s, leads("RV", 30)).await;
+    publish(&s, leads("RV2", 10)).await;
+    await_caught_up(&s, &group(&s), &s.topics.inputs, CATCH_UP).await;
+    let (a, b) = (first.stop().await, second.stop().await);
+    let ids = outbox_event_ids(&s, &Names::new(&s).outbox("crm")).await;
+    assert_eq!(doubles(&ids), vec![], "{a:?} {b:?}");
+    assert_eq!(ids.len(), 40, "{a:?} {b:?}");
+    assert_eq!(a.tally.duplicate + b.tally.duplicate, 30, "{a:?} {b:?}");
+    common::cleanup_plan(&s).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -124,10 +124,11 @@ pub struct StageSettings {
     pub batch_max_records: usize,
     /// Longest time a batch collects records.
     pub batch_max: Duration,
-    /// When set, a batch also closes as soon as no record has come for this long: under light
-    /// traffic a batch holds what arrived while the previous one committed and goes at once, under
-    /// heavy traffic records keep coming and batches grow to `batch_max_records` or `batch_max`.
-    /// None: every batch waits out `batch_max` after its first record.
+    /// When set, a batch also closes once the batch before it committed and no record has come
+    /// for this long: under light traffic a batch holds what arrived while the previous one
+    /// committed and goes at once, under heavy traffic records keep coming and batches grow to
+    /// `batch_max_records` or `batch_max`. None: every batch waits out `batch_max` after its
+    /// first record.
     pub batch_linger: Option<Duration>,
     /// The instance's stable name.
     pub instance_id: String,

@@ -203,6 +203,11 @@ impl Work for Deliver {
         self.adapter.name()
     }
 
+    /// Not where "attempting" marks are committed ahead of a batch: they need the producer.
+    fn overlaps_commit(&self) -> bool {
+        !self.marks
+    }
+
     async fn handle(
         &self,
         due: &[Due<'_>],

@@ -9,6 +9,7 @@
 //! - Failed records keep their key, value bytes and own headers, carry one replaced error envelope
 //!   and go to the origin's partition number of the next retry tier or of the DLQ.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::fault::{FaultPlan, Point};
 use super::{BatchError, SessionError};
-use crate::dedupe::{Change, Entry, Store};
+use crate::dedupe::{Change, DiskError, Entry, Store};
 use crate::kafka::names::{Names, Stage};
 use crate::kafka::txn::{TxError, TxErrorKind, TxProducer, await_deliveries, group_metadata};
 use crate::model::headers::{self, ErrorClass, ErrorEnvelope, Origin};
@@ -104,9 +105,69 @@ pub enum Routed {
     DeadLetter(Out),
 }
 
+/// The store changes of a batch whose transaction is still committing, by partition and key
+/// (`None`: forgotten); the last change of a key wins, as in [`Store::apply`].
+#[derive(Debug)]
+pub(super) struct Pending<E>(HashMap<i32, HashMap<String, Option<E>>>);
+
+impl<E: Entry> Pending<E> {
+    pub(super) fn of(changes: &[Change<E>]) -> Pending<E> {
+        let mut by_partition: HashMap<i32, HashMap<String, Option<E>>> = HashMap::new();
+        for c in changes {
+            let (partition, key, entry) = match c {
+                Change::Put {
+                    partition,
+                    key,
+                    entry,
+                } => (*partition, key, Some(entry.clone())),
+                Change::Forget { partition, key } => (*partition, key, None),
+            };
+            by_partition
+                .entry(partition)
+                .or_default()
+                .insert(key.clone(), entry);
+        }
+        Pending(by_partition)
+    }
+
+    /// Whether `key` of `partition` has a change here.
+    pub(super) fn has(&self, partition: i32, key: &str) -> bool {
+        self.0.get(&partition).is_some_and(|m| m.contains_key(key))
+    }
+}
+
+/// The store as a batch sees it: what is committed, overlaid with the changes of the batch
+/// before it while that one is still committing. The batch is sent only after that one
+/// committed; had it failed, this batch is redone with it.
+pub struct StoreView<'a, E: Entry> {
+    store: &'a Store<E>,
+    pending: Option<&'a Pending<E>>,
+}
+
+impl<E: Entry> StoreView<'_, E> {
+    /// The entry of `key` on `partition`, if it is remembered at `now`.
+    pub fn get(&self, partition: i32, key: &str, now: i64) -> Result<Option<E>, DiskError> {
+        if let Some(change) = self
+            .pending
+            .and_then(|p| p.0.get(&partition))
+            .and_then(|m| m.get(key))
+        {
+            return Ok(change.clone());
+        }
+        self.store.get(partition, key, now)
+    }
+
+    /// Whether `key` is remembered on `partition` at `now`.
+    pub fn contains(&self, partition: i32, key: &str, now: i64) -> Result<bool, DiskError> {
+        Ok(self.get(partition, key, now)?.is_some())
+    }
+}
+
 /// What a [`Work`](super::Work) sees of the session while it handles a batch.
 pub struct BatchCx<'s, E: Entry> {
     pub(super) store: &'s mut Store<E>,
+    /// The changes of the batch still committing, if any.
+    pub(super) pending: Option<&'s Pending<E>>,
     pub(super) tx: Option<&'s TxProducer>,
     pub(super) changelog: &'s str,
     pub(super) names: &'s Names,
@@ -125,9 +186,13 @@ impl<E: Entry> BatchCx<'_, E> {
         self.now
     }
 
-    /// The stage's store, as committed.
-    pub fn store(&self) -> &Store<E> {
-        self.store
+    /// The stage's store: as committed, and with the changes of the batch before this one that
+    /// is still committing.
+    pub fn store(&self) -> StoreView<'_, E> {
+        StoreView {
+            store: self.store,
+            pending: self.pending,
+        }
     }
 
     /// Whether the injected test fault `point` applies to this batch.
@@ -244,10 +309,17 @@ impl<E: Entry> BatchCx<'_, E> {
     /// Commits `changes` to the changelog in a transaction of their own (no offsets), ahead of the
     /// batch, and applies them to the store. A stage without a transactional producer (the
     /// at-least-once benchmark mode) only applies them.
+    /// Only a work that does not overlap its batches with their commits
+    /// ([`Work::overlaps_commit`](super::Work::overlaps_commit) false) may call it: the producer
+    /// holds one transaction at a time.
     pub async fn precommit(&mut self, changes: Vec<Change<E>>) -> Result<(), BatchError> {
         if changes.is_empty() {
             return Ok(());
         }
+        debug_assert!(
+            self.pending.is_none(),
+            "precommit while a batch is committing"
+        );
         if let Some(tx) = self.tx {
             let outs: Vec<Out> = changes
                 .iter()

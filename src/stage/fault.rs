@@ -21,7 +21,9 @@
 //!   stage, as after a broker that stalled past the call's time-out;
 //! - `send_offsets_hangs:N`: in batch N, the call that sends the offsets to the transaction does
 //!   not return for the transaction time-out plus 60 s, as librdkafka's
-//!   `send_offsets_to_transaction` did in the chaos run after a coordinator was killed.
+//!   `send_offsets_to_transaction` did in the chaos run after a coordinator was killed;
+//! - `transaction_delayed:N`: batch N's transaction begins [`DELAY`] late on the committer
+//!   thread, so that the loop polls, and a rebalance can happen, while it is in flight.
 //!
 //! Invariant: with the variable unset, [`FaultPlan::hit`] is always false.
 
@@ -40,7 +42,12 @@ pub enum Point {
     CommitTimesOut,
     /// The call sending the offsets hangs in librdkafka.
     SendOffsetsHangs,
+    /// The transaction begins [`DELAY`] late.
+    TransactionDelayed,
 }
+
+/// How late a `transaction_delayed` transaction begins.
+pub const DELAY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The fault to inject, if any.
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,6 +72,7 @@ impl FaultPlan {
                 "crash_after_marks" => Point::CrashAfterMarks,
                 "commit_times_out" => Point::CommitTimesOut,
                 "send_offsets_hangs" => Point::SendOffsetsHangs,
+                "transaction_delayed" => Point::TransactionDelayed,
                 _ => return None,
             };
             Some((point, n.parse().ok()?))
@@ -89,7 +97,10 @@ impl FaultPlan {
     pub fn hit(&self, point: Point, batch: u64) -> bool {
         match self.fault {
             Some((
-                p @ (Point::AbortBeforeCommit | Point::CommitTimesOut | Point::SendOffsetsHangs),
+                p @ (Point::AbortBeforeCommit
+                | Point::CommitTimesOut
+                | Point::SendOffsetsHangs
+                | Point::TransactionDelayed),
                 n,
             )) => point == p && batch == n,
             Some((p, n)) => p == point && batch >= n,

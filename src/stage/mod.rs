@@ -8,10 +8,20 @@
 //! and its retry topics with `read_committed`.
 //!
 //! Invariants:
-//! - A transaction is never open while the consumer polls: a batch is collected first, handled
-//!   outside any transaction, and then begun, sent and committed in one step. Rebalance callbacks
-//!   only run inside a poll, so a revoke can never find a transaction open: every batch is finished
-//!   (committed or aborted) before its partitions can go.
+//! - One transaction at a time, and the loop does not wait for it: a batch is collected and
+//!   handled outside any transaction, then its transaction (begin, send, offsets, commit) is
+//!   handed to the session's committer thread ([`committer`]) while the loop collects and handles
+//!   the next batch. That one sees the store with the committing batch's changes
+//!   ([`StoreView`]) and is sent only once the committing batch committed; if that failed, both
+//!   are redone from the first record of the earlier one.
+//! - A revoke waits, in the rebalance callback, for the transaction in flight to be settled:
+//!   partitions leave only with their last batch committed or aborted, so a new owner restores a
+//!   changelog that holds its entries and starts from offsets past it
+//!   (`tests/stage_review.rs`, `a_revoke_while_a_batch_commits_…`). The store follows an
+//!   assignment only after the batch in flight was finished.
+//! - With a `batch_linger`, a batch closes once the one before it committed and no record came for
+//!   the linger (or at `batch_max_records` / `batch_max`): batches adapt to the load, one
+//!   transaction in flight at a time.
 //! - Records of a partition that was assigned or revoked while a batch was being collected are
 //!   dropped from that batch (and the partition rewound to the first of them if it is still ours);
 //!   newly owned partitions have their store restored from the changelog before any of their
@@ -43,6 +53,7 @@
 //!   transaction of their own, without offsets.
 
 mod commit;
+mod committer;
 mod context;
 pub mod fault;
 pub mod instance;
@@ -56,7 +67,7 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed, to_record};
+pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed, StoreView, to_record};
 
 use crate::config::{KafkaSettings, StageSettings};
 use crate::dedupe::{Backend, Change, DiskError, Entry, RestoreError};
@@ -92,6 +103,10 @@ pub enum SessionError {
     /// Static membership: another consumer joined with this instance's `group.instance.id`.
     #[error("fenced by another consumer of this instance's group.instance.id: {0}")]
     InstanceFenced(String),
+    /// The committer thread could not be started, or lost a transaction's outcome (its job
+    /// panicked): what became of the transaction is unknown.
+    #[error("the committer lost a transaction's outcome")]
+    CommitterLost,
 }
 
 impl SessionError {
@@ -239,6 +254,13 @@ pub trait Work: Send + Sync + 'static {
 
     /// The adapter whose stage this is.
     fn adapter(&self) -> &str;
+
+    /// Whether the next batch may be collected and handled while the last one commits (the
+    /// default). A work that commits changes ahead of its batch ([`BatchCx::precommit`]) needs
+    /// the producer to itself, and says no.
+    fn overlaps_commit(&self) -> bool {
+        true
+    }
 
     /// Handles the due records of one batch, in order, outside any transaction. `cx` gives the
     /// store, the retry policy and a way to commit store changes ahead of the batch.

@@ -1,6 +1,7 @@
 //! One session of a stage: a (transactional) producer and a consumer, from joining the group until
 //! shutdown or a fatal error. See the invariants of the [`stage`](super) module.
 
+mod inflight;
 mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -17,9 +18,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::commit::{self, BatchCx, Failure, Routed, changelog_out};
+use super::commit::{self, BatchCx, Failure, Pending, Routed, changelog_out};
+use super::committer::{Committer, Gate};
 use super::context::StageContext;
-use super::fault::Point;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
 use crate::config::Guarantee;
 use crate::dedupe::Store;
@@ -27,6 +28,7 @@ use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
 use crate::model::headers::{ErrorClass, ErrorEnvelope};
+use inflight::{AfterCommit, Committed, InFlight};
 
 /// How often librdkafka reports statistics (lag) to the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -54,6 +56,12 @@ struct Session<'r, W: Work> {
     last_depth: Option<Instant>,
     /// Records collected with header names rdkafka cannot read (dropped): how many, per record.
     unreadable: HashMap<(String, i32, i64), usize>,
+    /// The thread transactions commit on (transactional sessions).
+    committer: Option<Committer>,
+    /// The batch whose transaction is committing.
+    inflight: Option<InFlight<W::Entry>>,
+    /// Where to rewind partitions of a batch whose transaction failed in flight.
+    redo: BTreeMap<(String, i32), i64>,
 }
 
 /// Runs one session until shutdown (Ok) or a fatal error (Err: the caller rejoins).
@@ -68,17 +76,22 @@ pub(super) async fn run<W: Work>(
     let instance = &r.loop_settings.instance_id;
     // The producer first: initialising it fences a previous incarnation of this instance and
     // aborts its open transaction before this one reads anything.
-    let (tx, plain) = match r.loop_settings.guarantee {
+    let (tx, plain, committer) = match r.loop_settings.guarantee {
         Guarantee::ExactlyOnce => {
             let id = r.names.transactional_id(&adapter, stage, instance);
-            (Some(TxProducer::init(&r.kafka, &role, &id).await?), None)
+            let tx = TxProducer::init(&r.kafka, &role, &id).await?;
+            let committer = Committer::start(&role).map_err(|e| {
+                warn!(error = %e, "could not start the committer thread");
+                SessionError::CommitterLost
+            })?;
+            (Some(tx), None, Some(committer))
         }
         Guarantee::AtLeastOnce => {
             let p: FutureProducer = client::producer(&r.kafka, &role).create()?;
-            (None, Some(p))
+            (None, Some(p), None)
         }
     };
-    let consumer = consumer(r)?;
+    let consumer = consumer(r, committer.as_ref().map(Committer::gate))?;
     let mut s = Session {
         r,
         consumer,
@@ -91,9 +104,18 @@ pub(super) async fn run<W: Work>(
         last_sweep: Instant::now(),
         last_depth: None,
         unreadable: HashMap::new(),
+        committer,
+        inflight: None,
+        redo: BTreeMap::new(),
     };
     r.readiness.set(true);
-    let result = s.run(shutdown, counts).await;
+    let mut result = s.run(shutdown, counts).await;
+    // The batch in flight is finished whatever ended the session, so that the store and the
+    // checkpoints below reflect it.
+    let settled = s.settle(counts, &mut Vec::new()).await;
+    if result.is_ok() {
+        result = settled;
+    }
     r.readiness.set(false);
     // The state reflects what was committed, whatever ended the session.
     let all: Vec<i32> = s.store.partitions().into_iter().collect();
@@ -104,7 +126,10 @@ pub(super) async fn run<W: Work>(
     result
 }
 
-fn consumer<W: Work>(r: &Runner<W>) -> Result<Arc<StageConsumer>, KafkaError> {
+fn consumer<W: Work>(
+    r: &Runner<W>,
+    gate: Option<Arc<Gate>>,
+) -> Result<Arc<StageConsumer>, KafkaError> {
     let adapter = r.adapter();
     let stage = r.spec.stage;
     let group = r.names.group(adapter, stage);
@@ -126,10 +151,12 @@ fn consumer<W: Work>(r: &Runner<W>) -> Result<Arc<StageConsumer>, KafkaError> {
     let config = client::with_statistics(config, STATS_INTERVAL);
     let context = StageContext {
         adapter: adapter.to_string(),
+        instance: instance.to_string(),
         stage,
         metrics: r.spec.metrics,
         epoch: AtomicU64::new(0),
         touched: Mutex::new(HashSet::new()),
+        gate,
     };
     let consumer: StageConsumer = config.create_with_context(context)?;
     let topics: Vec<&str> = r
@@ -156,6 +183,8 @@ impl<W: Work> Session<'_, W> {
             let mut batch = self.collect().await?;
             let epoch = self.consumer.context().epoch();
             if epoch != self.epoch {
+                // The store follows the assignment only with the batch in flight in it.
+                self.settle(counts, &mut batch).await?;
                 self.epoch = epoch;
                 let touched = self.consumer.context().take_touched();
                 let (keep, dropped): (Vec<_>, Vec<_>) = batch
@@ -166,6 +195,11 @@ impl<W: Work> Session<'_, W> {
                 self.rewind(&dropped, true).await?;
             }
             if batch.is_empty() {
+                // Idle: the batch in flight is finished once it committed; until then the loop
+                // keeps polling (a revoke waits for it in the callback).
+                if self.inflight.as_mut().is_some_and(InFlight::is_done) {
+                    self.settle(counts, &mut batch).await?;
+                }
                 continue;
             }
             counts.begun += 1;
@@ -175,14 +209,13 @@ impl<W: Work> Session<'_, W> {
                 Err(BatchError::Transient(reason)) => {
                     warn!(adapter, %reason, "transient failure; redoing the batch after a pause");
                     self.rewind(&batch, false).await?;
+                    self.redo_inflight().await?;
                     tokio::time::sleep(BACKOFF).await;
                 }
                 Err(BatchError::Aborted(e)) => {
-                    counts.aborts += 1;
-                    ::metrics::counter!(self.r.spec.metrics.aborts, "adapter" => adapter.clone())
-                        .increment(1);
-                    warn!(adapter, error = %e, "transaction aborted; redoing the batch");
+                    self.aborted(counts, &e);
                     self.rewind(&batch, false).await?;
+                    self.redo_inflight().await?;
                 }
                 Err(BatchError::Fatal(e)) => return Err(e),
             }
@@ -211,20 +244,39 @@ impl<W: Work> Session<'_, W> {
     }
 
     /// Collects up to `batch_max_records` records, for at most `batch_max` after the first one,
-    /// and, with a `batch_linger`, only while the next record comes within the linger.
+    /// and, with a `batch_linger`, only while the next record comes within the linger or the
+    /// batch before it is still committing: a batch closes once its predecessor committed and
+    /// the records stopped coming, so light traffic goes at once, one transaction in flight at
+    /// a time, and heavy traffic fills batches.
     async fn collect(&mut self) -> Result<Vec<OwnedMessage>, SessionError> {
         let settings = &self.r.loop_settings;
         let mut batch = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while batch.len() < settings.batch_max_records {
+            let committing = self.inflight.as_mut().is_some_and(|f| !f.is_done());
             let wait = match deadline {
                 None => IDLE_POLL,
                 Some(d) => {
                     let left = d.saturating_duration_since(tokio::time::Instant::now());
-                    settings.batch_linger.map_or(left, |l| l.min(left))
+                    match settings.batch_linger {
+                        Some(l) if !committing => l.min(left),
+                        _ => left,
+                    }
                 }
             };
-            match tokio::time::timeout(wait, self.consumer.recv()).await {
+            let next = tokio::time::timeout(wait, self.consumer.recv());
+            let got = match self.inflight.as_mut() {
+                Some(f) if committing && deadline.is_some() && settings.batch_linger.is_some() => {
+                    tokio::select! {
+                        biased;
+                        got = next => got,
+                        // The batch before committed: from now on the linger counts.
+                        () = f.done() => continue,
+                    }
+                }
+                _ => next.await,
+            };
+            match got {
                 Err(_) => break,
                 Ok(Ok(m)) => {
                     let (m, dropped) = crate::kafka::headers::readable(m.detach());
@@ -300,14 +352,7 @@ impl<W: Work> Session<'_, W> {
         records: &[OwnedMessage],
         only_owned: bool,
     ) -> Result<(), SessionError> {
-        let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
-        for m in records {
-            let e = first
-                .entry((m.topic().to_string(), m.partition()))
-                .or_insert(m.offset());
-            *e = (*e).min(m.offset());
-        }
-        self.seek(first, only_owned).await
+        self.seek(first_offsets(records), only_owned).await
     }
 
     async fn seek(
@@ -424,9 +469,15 @@ impl<W: Work> Session<'_, W> {
             return Ok(());
         }
 
-        // Phase 1, outside any transaction: the stage's work.
+        // Phase 1, outside any transaction: the stage's work, while the batch before it may still
+        // be committing (its changes seen through the store view).
+        let overlaps = r.work.overlaps_commit();
+        if !overlaps {
+            self.finish(counts).await?;
+        }
         let mut cx = BatchCx {
             store: &mut self.store,
+            pending: self.inflight.as_ref().map(|f| &f.pending),
             tx: self.tx.as_ref(),
             changelog: &r.spec.changelog,
             names: &r.names,
@@ -474,10 +525,20 @@ impl<W: Work> Session<'_, W> {
                 tracker.consumed(d.msg);
             }
         }
+
+        // One transaction at a time: the batch before this one commits first, and its changes
+        // reach the store (if it failed, this batch is redone with it).
+        self.finish(counts).await?;
         if self.last_sweep.elapsed() >= SWEEP_EVERY {
             self.last_sweep = Instant::now();
+            // Not a key this batch writes again (expired, then seen anew): its tombstone would
+            // follow the new entry and erase it.
+            let written = Pending::of(&handled.changes);
             let expired = self.store.expired(now, SWEEP_LIMIT)?;
-            handled.changes.extend(expired);
+            handled.changes.extend(expired.into_iter().filter(|c| {
+                let (partition, key, _) = c.record();
+                !written.has(partition, key)
+            }));
         }
         if tracker.is_empty() && handled.outs.is_empty() && handled.changes.is_empty() {
             // Nothing consumed nor written (everything deferred): only rewind and pause.
@@ -493,53 +554,41 @@ impl<W: Work> Session<'_, W> {
                 .map(|c| changelog_out(&r.spec.changelog, c)),
         );
         let offsets = tracker.take().map_err(|e| BatchError::Fatal(e.into()))?;
+        // A batch that defers or pauses is finished before the next poll, which must read from
+        // where it rewound.
+        let settle_now =
+            !overlaps || !first_deferred.is_empty() || handled.pause_all_until.is_some();
+        let after = AfterCommit {
+            changes: handled.changes,
+            tally: handled.tally,
+            first_deferred,
+            pause_all_until: handled.pause_all_until,
+            batch_no: self.batch_no,
+        };
 
         // Phase 2: write it all, with the offsets, atomically (or, at-least-once, write then commit).
-        let started = Instant::now();
-        let written = match (&self.tx, &self.plain) {
+        match (&self.tx, &self.plain) {
             (Some(tx), _) => {
-                commit::transactional(
-                    tx,
-                    self.consumer.as_ref(),
-                    &outs,
-                    &offsets,
-                    &r.fault,
-                    self.batch_no,
-                    (r.adapter(), r.spec.stage.as_str()),
-                )
-                .await?
+                let tx = tx.clone();
+                self.submit(&tx, outs, offsets, after, first_offsets(batch))?;
+                if settle_now {
+                    self.finish(counts).await?;
+                }
+                Ok(())
             }
             // Benchmarks only: the store's offsets stay where the restore left them (an offset
             // too low only makes a checkpoint's catch-up longer).
             (None, Some(plain)) => {
+                let started = Instant::now();
                 commit::at_least_once(plain, Arc::clone(&self.consumer), &outs, offsets).await?;
-                Vec::new()
+                let committed = Committed {
+                    changelog_at: Vec::new(),
+                    took: started.elapsed(),
+                };
+                self.complete(after, committed, counts).await
             }
-            (None, None) => return Err(BatchError::Aborted("no producer".into())),
-        };
-        let adapter = r.adapter().to_string();
-        ::metrics::histogram!(r.spec.metrics.commit_seconds, "adapter" => adapter.clone())
-            .record(started.elapsed().as_secs_f64());
-        if r.fault.hit(Point::CrashAfterCommit, self.batch_no) {
-            std::process::abort();
+            (None, None) => Err(BatchError::Aborted("no producer".into())),
         }
-        let changelog_written: Vec<(i32, i64)> = outs
-            .iter()
-            .zip(written)
-            .filter(|(o, _)| o.topic == r.spec.changelog)
-            .map(|(_, at)| at)
-            .collect();
-        self.store.apply(&handled.changes, &changelog_written)?;
-        for (outcome, n) in handled.tally.outcomes() {
-            if n > 0 {
-                ::metrics::counter!(r.spec.metrics.records, "adapter" => adapter.clone(), "outcome" => outcome)
-                    .increment(n);
-            }
-        }
-        counts.tally.add(&handled.tally);
-        counts.batches += 1;
-        self.after_commit(first_deferred, handled.pause_all_until)
-            .await
     }
 
     /// Rewinds partitions to their first deferred record and pauses everything when asked.
@@ -560,4 +609,16 @@ impl<W: Work> Session<'_, W> {
         self.seek(first_deferred, true).await?;
         Ok(())
     }
+}
+
+/// Each partition's first offset among `records`.
+fn first_offsets(records: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
+    let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for m in records {
+        let e = first
+            .entry((m.topic().to_string(), m.partition()))
+            .or_insert(m.offset());
+        *e = (*e).min(m.offset());
+    }
+    first
 }
