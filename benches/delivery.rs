@@ -478,7 +478,7 @@ fn print_part1(rates: &[Rate]) {
     );
     let linger = |stage: &str| {
         std::env::var(format!("ONCEFLOW__{stage}__BATCH_LINGER_MS"))
-            .map_or("none".to_string(), |v| format!("{v} ms"))
+            .map_or("the default".to_string(), |v| format!("{v} ms"))
     };
     println!(
         "  batch linger: processor {}, dispatcher {}",

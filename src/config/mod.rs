@@ -432,12 +432,14 @@ mod tests {
         assert_eq!(s.topics.inputs, vec!["events".to_string()]);
         assert_eq!(s.retry.tiers.len(), 3);
         assert_eq!(s.adapter_names().collect::<Vec<_>>(), vec!["crm"]);
-        assert_eq!(s.processor.batch_linger, None);
+        // Adaptive batches by default (group commit): both stages linger 0 ms.
+        assert_eq!(s.processor.batch_linger, Some(Duration::ZERO));
+        assert_eq!(s.dispatcher.batch_linger, Some(Duration::ZERO));
         let lingering =
-            Settings::from_toml_str(&format!("{MINIMAL}\n[processor]\nbatch_linger_ms = 0"));
+            Settings::from_toml_str(&format!("{MINIMAL}\n[processor]\nbatch_linger_ms = 100"));
         assert_eq!(
             lingering.unwrap().processor.batch_linger,
-            Some(Duration::ZERO)
+            Some(Duration::from_millis(100))
         );
         assert_eq!(s.processor.store, crate::dedupe::Backend::Memory);
         let on_disk = Settings::from_toml_str(&format!(

@@ -124,11 +124,12 @@ pub struct StageSettings {
     pub batch_max_records: usize,
     /// Longest time a batch collects records.
     pub batch_max: Duration,
-    /// When set, a batch also closes once the batch before it committed and no record has come
-    /// for this long: under light traffic a batch holds what arrived while the previous one
-    /// committed and goes at once, under heavy traffic records keep coming and batches grow to
-    /// `batch_max_records` or `batch_max`. None: every batch waits out `batch_max` after its
-    /// first record.
+    /// When set (`batch_linger_ms`, 0 by default), a batch also closes once the batch before it
+    /// committed and no record has come for this long: under light traffic a batch holds what
+    /// arrived while the previous one committed and goes at once, under heavy traffic records
+    /// keep coming and batches grow to `batch_max_records` or `batch_max`. One transaction is in
+    /// flight at a time, so the commit's own latency paces the transactions. None (or a linger
+    /// as long as `batch_max`): every batch waits out `batch_max` after its first record.
     pub batch_linger: Option<Duration>,
     /// The instance's stable name.
     pub instance_id: String,
@@ -158,7 +159,7 @@ impl Default for RawProcessor {
             guarantee: "exactly_once".into(),
             batch_max_records: 500,
             batch_max_ms: 100,
-            batch_linger_ms: None,
+            batch_linger_ms: Some(0),
             instance_id: None,
             dedupe_ttl_ms: 7 * 24 * 3600 * 1000,
             shutdown_timeout_ms: 10_000,
@@ -194,7 +195,7 @@ impl Default for RawDispatcher {
         RawDispatcher {
             batch_max_records: 200,
             batch_max_ms: 50,
-            batch_linger_ms: None,
+            batch_linger_ms: Some(0),
             instance_id: None,
             ledger_ttl_ms: 7 * 24 * 3600 * 1000,
             shutdown_timeout_ms: 30_000,
