@@ -118,16 +118,22 @@ pub enum Change<E> {
 }
 
 impl<E: Entry> Change<E> {
-    /// The changelog record: (partition, key, value; `None` is a tombstone).
-    pub fn record(&self) -> (i32, &str, Option<String>) {
+    /// Its partition, key and entry (`None`: forgotten).
+    pub fn parts(&self) -> (i32, &str, Option<&E>) {
         match self {
             Change::Put {
                 partition,
                 key,
                 entry,
-            } => (*partition, key, Some(entry.encode())),
+            } => (*partition, key, Some(entry)),
             Change::Forget { partition, key } => (*partition, key, None),
         }
+    }
+
+    /// The changelog record: (partition, key, value; `None` is a tombstone).
+    pub fn record(&self) -> (i32, &str, Option<String>) {
+        let (partition, key, entry) = self.parts();
+        (partition, key, entry.map(Entry::encode))
     }
 }
 
@@ -300,19 +306,12 @@ impl<E: Entry> Store<E> {
         type Writes<'c, E> = (Vec<(&'c str, Option<&'c E>)>, Option<i64>);
         let mut by_partition: BTreeMap<i32, Writes<'_, E>> = BTreeMap::new();
         for c in changes {
-            let (partition, key, entry) = match c {
-                Change::Put {
-                    partition,
-                    key,
-                    entry,
-                } => (*partition, key, Some(entry)),
-                Change::Forget { partition, key } => (*partition, key, None),
-            };
+            let (partition, key, entry) = c.parts();
             by_partition
                 .entry(partition)
                 .or_default()
                 .0
-                .push((key.as_str(), entry));
+                .push((key, entry));
         }
         for (partition, offset) in written {
             let next = &mut by_partition.entry(*partition).or_default().1;

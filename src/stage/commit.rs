@@ -114,18 +114,11 @@ impl<E: Entry> Pending<E> {
     pub(super) fn of(changes: &[Change<E>]) -> Pending<E> {
         let mut by_partition: HashMap<i32, HashMap<String, Option<E>>> = HashMap::new();
         for c in changes {
-            let (partition, key, entry) = match c {
-                Change::Put {
-                    partition,
-                    key,
-                    entry,
-                } => (*partition, key, Some(entry.clone())),
-                Change::Forget { partition, key } => (*partition, key, None),
-            };
+            let (partition, key, entry) = c.parts();
             by_partition
                 .entry(partition)
                 .or_default()
-                .insert(key.clone(), entry);
+                .insert(key.to_string(), entry.cloned());
         }
         Pending(by_partition)
     }

@@ -536,7 +536,7 @@ impl<W: Work> Session<'_, W> {
             let written = Pending::of(&handled.changes);
             let expired = self.store.expired(now, SWEEP_LIMIT)?;
             handled.changes.extend(expired.into_iter().filter(|c| {
-                let (partition, key, _) = c.record();
+                let (partition, key, _) = c.parts();
                 !written.has(partition, key)
             }));
         }
