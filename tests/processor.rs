@@ -268,6 +268,76 @@ impl Adapter for Flaky {
     }
 }
 
+/// Fails each e-mail's first decision (retryable), decides every later one.
+struct FailsOnce {
+    failed: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Adapter for FailsOnce {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+
+    fn decide(&self, event: &Event) -> Result<Vec<Command>, AdapterError> {
+        let email = event.data["email"].as_str().unwrap().to_string();
+        if self.failed.lock().unwrap().insert(email.clone()) {
+            return Err(AdapterError::Retry {
+                after: None,
+                message: format!("503 from the CRM for {email}"),
+            });
+        }
+        let data = json!({"event_name": "x", "user_key": "u", "properties": {}, "timestamp": 0});
+        Ok(vec![
+            Command::new(
+                event,
+                "flaky",
+                0,
+                CommandType::AnalyticsTrack,
+                data.as_object().unwrap().clone(),
+            )
+            .map_err(AdapterError::from)?,
+        ])
+    }
+}
+
+/// Partition p of the input and partition p of every retry tier share dedupe partition p, so they
+/// must have one owner: with two instances, an event waiting in a retry tier and a duplicate of it
+/// on the input are decided once, whichever instance reads which.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_of_an_event_waiting_in_a_retry_tier_is_decided_once_across_instances() {
+    let mut s = common::settings();
+    s.processor.instance_id = "copart-a".into();
+    s.retry.tiers = vec![Duration::from_secs(2)];
+    s.adapters
+        .insert("flaky".into(), AdapterSettings::default());
+    create_plan(&s).await;
+    let names = Names::new(&s);
+    let adapter = Arc::new(FailsOnce {
+        failed: Mutex::new(std::collections::HashSet::new()),
+    });
+    let a = Running::start(Processor::new(&s, adapter.clone()).unwrap());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut sb = s.clone();
+    sb.processor.instance_id = "copart-b".into();
+    let b = Running::start(Processor::new(&sb, adapter.clone()).unwrap());
+    // Both instances hold partitions once the rebalance is over.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let events: Vec<_> = (0..24)
+        .map(|i| lead(&format!("CP-{i}"), &format!("cp{i}@x.io")))
+        .collect();
+    // Each event fails once and waits in the retry tier; its duplicate comes on the input.
+    publish(&s, events.clone()).await;
+    publish(&s, events).await;
+    let mut topics = s.topics.inputs.clone();
+    topics.push(names.retry("flaky", Stage::Process, 1));
+    await_caught_up(&s, &group(&s, "flaky"), &topics, CATCH_UP).await;
+    let (ca, cb) = (a.stop().await, b.stop().await);
+    let ids = outbox_event_ids(&s, &names.outbox("flaky")).await;
+    assert_eq!(doubles(&ids), vec![], "{ca:?} {cb:?}");
+    assert_eq!(ids.len(), 24, "{ca:?} {cb:?}");
+    common::cleanup_plan(&s).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_wait_their_tier_without_blocking_others_then_dead_letter() {
     let mut s = common::settings();

@@ -561,7 +561,7 @@ async fn a_paused_retry_partition_revoked_and_assigned_again_is_neither_stuck_no
 
     let a = Running::start(crm(&s));
     tokio::time::sleep(Duration::from_secs(4)).await;
-    // A second instance joins (cooperative rebalancing moves about half of the partitions to it,
+    // A second instance joins (the range assignor moves about half of the partitions to it,
     // paused ones among them), pauses what it got, and leaves: its partitions go back to `a`.
     let mut sb = s.clone();
     sb.processor.instance_id = "pause-b".into();

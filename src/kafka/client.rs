@@ -160,8 +160,13 @@ pub fn consumer(
             key::SESSION_TIMEOUT_MS,
             settings.session_timeout.as_millis().to_string(),
         )
-        // Cooperative rebalancing: a rebalance revokes only the partitions that move.
-        .set(key::PARTITION_ASSIGNMENT_STRATEGY, "cooperative-sticky")
+        // Co-partitioned: the range assignor gives each member the same partition numbers of
+        // every topic it subscribes (they have as many partitions), so partition p of the input
+        // and of each retry tier, which share dedupe partition p, have one owner. The
+        // cooperative-sticky assignor balances counts over all topics and gave one instance the
+        // input's partitions and another the retry tiers' (tests/processor.rs,
+        // a_duplicate_of_an_event_waiting_in_a_retry_tier_…). Rebalances revoke everything.
+        .set(key::PARTITION_ASSIGNMENT_STRATEGY, "range")
         .set(key::ENABLE_PARTITION_EOF, "false")
         .set(
             key::QUEUED_MIN_MESSAGES,
@@ -228,5 +233,6 @@ mod tests {
         assert_eq!(c.get(key::QUEUED_MIN_MESSAGES), Some("10000"));
         assert_eq!(c.get(key::QUEUED_MAX_MESSAGES_KBYTES), Some("16384"));
         assert_eq!(c.get(key::FETCH_QUEUE_BACKOFF_MS), Some("10"));
+        assert_eq!(c.get(key::PARTITION_ASSIGNMENT_STRATEGY), Some("range"));
     }
 }
