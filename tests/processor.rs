@@ -240,6 +240,21 @@ struct Flaky {
     calls: Mutex<Vec<(String, i64)>>,
 }
 
+/// The test adapters' one command for `event`.
+fn track(event: &Event) -> Result<Vec<Command>, AdapterError> {
+    let data = json!({"event_name": "x", "user_key": "u", "properties": {}, "timestamp": 0});
+    Ok(vec![
+        Command::new(
+            event,
+            "flaky",
+            0,
+            CommandType::AnalyticsTrack,
+            data.as_object().unwrap().clone(),
+        )
+        .map_err(AdapterError::from)?,
+    ])
+}
+
 impl Adapter for Flaky {
     fn name(&self) -> &str {
         "flaky"
@@ -254,17 +269,7 @@ impl Adapter for Flaky {
                 message: format!("503 from the CRM for {email}"),
             });
         }
-        let data = json!({"event_name": "x", "user_key": "u", "properties": {}, "timestamp": 0});
-        Ok(vec![
-            Command::new(
-                event,
-                "flaky",
-                0,
-                CommandType::AnalyticsTrack,
-                data.as_object().unwrap().clone(),
-            )
-            .map_err(AdapterError::from)?,
-        ])
+        track(event)
     }
 }
 
@@ -286,17 +291,7 @@ impl Adapter for FailsOnce {
                 message: format!("503 from the CRM for {email}"),
             });
         }
-        let data = json!({"event_name": "x", "user_key": "u", "properties": {}, "timestamp": 0});
-        Ok(vec![
-            Command::new(
-                event,
-                "flaky",
-                0,
-                CommandType::AnalyticsTrack,
-                data.as_object().unwrap().clone(),
-            )
-            .map_err(AdapterError::from)?,
-        ])
+        track(event)
     }
 }
 
