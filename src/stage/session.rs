@@ -2,6 +2,7 @@
 //! shutdown or a fatal error. See the invariants of the [`stage`](super) module.
 
 mod inflight;
+mod positions;
 mod store;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,11 +11,11 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::producer::FutureProducer;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -29,6 +30,7 @@ use crate::kafka::txn::{OffsetTracker, TxProducer};
 use crate::model::event::now_ms;
 use crate::model::headers::{ErrorClass, ErrorEnvelope};
 use inflight::{AfterCommit, Committed, InFlight};
+use positions::first_offsets;
 
 /// How often librdkafka reports statistics (lag) to the metrics.
 const STATS_INTERVAL: Duration = Duration::from_secs(5);
@@ -335,90 +337,6 @@ impl<W: Work> Session<'_, W> {
         self.restore(missing).await
     }
 
-    fn assigned(&self) -> Result<HashSet<(String, i32)>, KafkaError> {
-        Ok(self
-            .consumer
-            .assignment()?
-            .elements()
-            .iter()
-            .map(|e| (e.topic().to_string(), e.partition()))
-            .collect())
-    }
-
-    /// Seeks every partition of `records` back to its first record there (only those still owned
-    /// when `only_owned`), so nothing in `records` is skipped.
-    async fn rewind(
-        &mut self,
-        records: &[OwnedMessage],
-        only_owned: bool,
-    ) -> Result<(), SessionError> {
-        self.seek(first_offsets(records), only_owned).await
-    }
-
-    async fn seek(
-        &mut self,
-        to: BTreeMap<(String, i32), i64>,
-        only_owned: bool,
-    ) -> Result<(), SessionError> {
-        if to.is_empty() {
-            return Ok(());
-        }
-        let owned = if only_owned {
-            self.assigned()?
-        } else {
-            to.keys().cloned().collect()
-        };
-        let consumer = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || -> Result<(), KafkaError> {
-            for ((topic, partition), offset) in to {
-                if owned.contains(&(topic.clone(), partition)) {
-                    consumer.seek(
-                        &topic,
-                        partition,
-                        Offset::Offset(offset),
-                        Duration::from_secs(10),
-                    )?;
-                }
-            }
-            Ok(())
-        })
-        .await??;
-        Ok(())
-    }
-
-    fn resume_due(&mut self) -> Result<(), KafkaError> {
-        let now = now_ms();
-        let due: Vec<(String, i32)> = self
-            .paused
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(tp, _)| tp.clone())
-            .collect();
-        if due.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in &due {
-            tpl.add_partition(topic, *partition);
-            self.paused.remove(&(topic.clone(), *partition));
-        }
-        self.consumer.resume(&tpl)
-    }
-
-    /// Pauses `partitions` until `until` (epoch ms; a later pause already set wins).
-    fn pause(&mut self, partitions: &[(String, i32)], until: i64) -> Result<(), KafkaError> {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in partitions {
-            tpl.add_partition(topic, *partition);
-            let due = self
-                .paused
-                .entry((topic.clone(), *partition))
-                .or_insert(until);
-            *due = (*due).max(until);
-        }
-        self.consumer.pause(&tpl)
-    }
-
     async fn batch(
         &mut self,
         batch: &[OwnedMessage],
@@ -609,16 +527,4 @@ impl<W: Work> Session<'_, W> {
         self.seek(first_deferred, true).await?;
         Ok(())
     }
-}
-
-/// Each partition's first offset among `records`.
-fn first_offsets(records: &[OwnedMessage]) -> BTreeMap<(String, i32), i64> {
-    let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for m in records {
-        let e = first
-            .entry((m.topic().to_string(), m.partition()))
-            .or_insert(m.offset());
-        *e = (*e).min(m.offset());
-    }
-    first
 }
