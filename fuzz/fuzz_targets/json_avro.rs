@@ -8,6 +8,8 @@
 //! Properties:
 //! - Nothing panics; every refusal is a `FieldError` whose `field` is the dotted path under `data`
 //!   (`data`, `data.x`, `data[i]`…), never the intake-built `meta`.
+//! - `to_datum` writes apache-avro's encoding of the value `to_avro` gives (up to the order of a
+//!   map's entries: the lengths are compared), and refuses with the same error.
 //! - A value that converts validates against its schema, converts back to JSON and again to the same
 //!   value (`to_json` is the inverse), and survives the Avro binary round trip through
 //!   `codec::decode_datum` unchanged.
@@ -23,7 +25,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use libfuzzer_sys::fuzz_target;
 use onceflow::codec::catalog::{Catalog, Entry};
 use onceflow::codec::decode_datum;
-use onceflow::model::json_avro::{FieldError, to_avro, to_json};
+use onceflow::model::json_avro::{FieldError, to_avro, to_datum, to_json};
 use onceflow::model::{Event, EventType};
 use serde_json::Value as Json;
 
@@ -35,7 +37,7 @@ fn under_data(e: &FieldError) -> bool {
 }
 
 /// Validation, the JSON round trip and the binary round trip of a converted value.
-fn check_value(entry: &Entry, schema: &Schema, value: &Value) {
+fn check_value(entry: &Entry, schema: &Schema, value: &Value, datum: &[u8]) {
     let file = entry.file();
     assert!(
         value.validate(schema),
@@ -52,6 +54,13 @@ fn check_value(entry: &Entry, schema: &Schema, value: &Value) {
         .build()
         .and_then(|w| w.write_value_ref(&mut bytes, value))
         .unwrap_or_else(|e| panic!("{file}: a valid value does not encode: {e}"));
+    // A map's entries may come in another order (apache-avro's map is a `HashMap`), so the
+    // lengths are compared: the same entries, each written once, in one block.
+    assert_eq!(
+        datum.len(),
+        bytes.len(),
+        "{file}: the datum written from JSON is not as long as apache-avro's encoding of its value"
+    );
     assert_eq!(
         decode_datum(schema, &bytes).as_ref(),
         Ok(value),
@@ -71,9 +80,16 @@ fuzz_target!(|input: &[u8]| {
     let schema = entry.schema().schema();
 
     // The mapping alone, on the whole record (meta included).
-    match to_avro(&json, schema, "data") {
-        Ok(value) => check_value(entry, schema, &value),
-        Err(e) => assert!(under_data(&e), "{}: error outside data: {e}", entry.file()),
+    match (
+        to_avro(&json, schema, "data"),
+        to_datum(&json, schema, "data"),
+    ) {
+        (Ok(value), Ok(datum)) => check_value(entry, schema, &value, &datum),
+        (Err(e), Err(same)) => {
+            assert_eq!(e, same, "{}: to_avro and to_datum disagree", entry.file());
+            assert!(under_data(&e), "{}: error outside data: {e}", entry.file());
+        }
+        (value, datum) => panic!("{}: {value:?} but {datum:?}", entry.file()),
     }
 
     // The intake's path, for the event types: meta built by onceflow, data from the sender.
@@ -94,9 +110,11 @@ fuzz_target!(|input: &[u8]| {
         data,
         Some("corr-1".into()),
     );
+    let datum = event.clone().to_datum(entry.schema(), entry.version());
     match event.to_avro(entry.schema(), entry.version()) {
         Ok(value) => {
-            check_value(entry, schema, &value);
+            let datum = datum.unwrap_or_else(|e| panic!("{}: {e}", entry.file()));
+            check_value(entry, schema, &value, &datum);
             let mut read = Event::from_avro(&value).unwrap_or_else(|e| {
                 panic!(
                     "{}: a converted event does not read back: {e}",

@@ -185,8 +185,26 @@ pub trait Codec: Send + Sync {
         value: Value,
     ) -> impl Future<Output = Result<Vec<u8>, CodecError>> + Send;
 
+    /// Encodes `datum` for `topic`: the Avro binary of a record of `schema`, written and checked
+    /// against the schema by its maker ([`json_avro::to_datum`](crate::model::json_avro::to_datum)).
+    /// Once the schema's id is known for the topic, the datum goes out as it is, behind the id.
+    fn encode_datum(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        datum: &[u8],
+    ) -> impl Future<Output = Result<Vec<u8>, CodecError>> + Send;
+
     /// Decodes bytes written by [`Codec::encode`] (or any Confluent-compatible producer).
     fn decode(&self, bytes: &[u8]) -> impl Future<Output = Result<Decoded, CodecError>> + Send;
+}
+
+/// What an encode is given: a value, which the schema's writer checks and writes, or a datum its
+/// maker already wrote and checked ([`Codec::encode_datum`]).
+#[derive(Debug, Clone, Copy)]
+enum Body<'a> {
+    Value(&'a Value),
+    Datum(&'a [u8]),
 }
 
 /// How one schema text is encoded: the registry's encoder until the schema id is known for a
@@ -352,18 +370,18 @@ impl AvroCodec {
         }
     }
 
-    /// Encodes `value` (a record of `schema`) for `topic` in the Confluent wire format.
-    async fn encode_value(
+    /// Encodes `body` (a record of `schema`) for `topic` in the Confluent wire format.
+    async fn encode_body(
         &self,
         topic: &str,
         schema: &RecordSchema,
-        value: Value,
+        body: Body<'_>,
     ) -> Result<Vec<u8>, CodecError> {
         if !self.verify_each {
-            return self.encode_once(topic, schema, value).await;
+            return self.encode_once(topic, schema, body).await;
         }
         let verifier = &self.verifier;
-        let bytes = self.encode_once(topic, schema, value.clone()).await?;
+        let bytes = self.encode_once(topic, schema, body).await?;
         let (id, _) = split_wire_format(&bytes)?;
         if verifier.check(id, tokio::time::Instant::now()).await? == ids::Check::Known {
             return Ok(bytes);
@@ -375,7 +393,7 @@ impl AvroCodec {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&SchemaKey::of(schema));
-        let bytes = self.encode_once(topic, schema, value).await?;
+        let bytes = self.encode_once(topic, schema, body).await?;
         let (id, _) = split_wire_format(&bytes)?;
         match verifier.check(id, tokio::time::Instant::now()).await? {
             ids::Check::Known => Ok(bytes),
@@ -392,7 +410,7 @@ impl AvroCodec {
         &self,
         topic: &str,
         schema: &RecordSchema,
-        value: Value,
+        body: Body<'_>,
     ) -> Result<Vec<u8>, CodecError> {
         let encoding = self.encoding_for(topic, schema)?;
         let invalid = |reason: String| CodecError::Encode {
@@ -404,11 +422,20 @@ impl AvroCodec {
             let mut bytes = Vec::with_capacity(128);
             bytes.push(0);
             bytes.extend_from_slice(&id.to_be_bytes());
-            encoding.writer.write(&value, &mut bytes).map_err(invalid)?;
+            match body {
+                Body::Value(value) => encoding.writer.write(value, &mut bytes).map_err(invalid)?,
+                Body::Datum(datum) => bytes.extend_from_slice(datum),
+            }
             return Ok(bytes);
         }
-        // The first record of this schema on this topic: checked here, so that an invalid value
-        // is said to be one rather than whatever the registry's encoder makes of it.
+        // The first record of this schema on this topic goes through the registry's encoder,
+        // which takes a value: a datum is read back into one (once per schema and topic).
+        let value = match body {
+            Body::Value(value) => value.clone(),
+            Body::Datum(datum) => decode_datum(&schema.parsed, datum).map_err(invalid)?,
+        };
+        // Checked here, so that an invalid value is said to be one rather than whatever the
+        // registry's encoder makes of it.
         if !value.validate(&schema.parsed) {
             return Err(invalid("value does not match the schema".into()));
         }
@@ -490,7 +517,16 @@ impl Codec for AvroCodec {
         schema: &RecordSchema,
         value: Value,
     ) -> Result<Vec<u8>, CodecError> {
-        self.encode_value(topic, schema, value).await
+        self.encode_body(topic, schema, Body::Value(&value)).await
+    }
+
+    async fn encode_datum(
+        &self,
+        topic: &str,
+        schema: &RecordSchema,
+        datum: &[u8],
+    ) -> Result<Vec<u8>, CodecError> {
+        self.encode_body(topic, schema, Body::Datum(datum)).await
     }
 
     async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {

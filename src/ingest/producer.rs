@@ -161,9 +161,9 @@ impl<C: Codec> Producer<C> {
             .catalog
             .latest(t.schema_name())
             .ok_or_else(|| PublishError::NoSchema(t.name().to_string()))?;
-        let value = event.to_avro(schema, version)?;
+        let datum = event.to_datum(schema, version)?;
         let key = event.entity_key()?;
-        let payload = self.codec.encode(&self.topic, schema, value).await?;
+        let payload = self.codec.encode_datum(&self.topic, schema, &datum).await?;
         let hop = context.hop.to_string();
         let mut headers = OwnedHeaders::new().insert(Header {
             key: name::HOP,

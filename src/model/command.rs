@@ -16,7 +16,7 @@ use serde_json::{Map, Value as Json};
 
 use super::event::{Event, now_ms};
 use super::identity;
-use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro};
+use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro, envelope_to_datum};
 use crate::codec::RecordSchema;
 
 /// The command types of the built-in adapters.
@@ -136,6 +136,12 @@ impl Command {
     /// The command's Avro record in `schema`.
     pub fn to_avro(&self, schema: &RecordSchema) -> Result<Value, FieldError> {
         envelope_to_avro(&self.meta, &self.data, schema.schema(), "")
+    }
+
+    /// The command's Avro datum in `schema` (what [`Command::to_avro`] holds, as bytes), written
+    /// without building the record first.
+    pub fn to_datum(&self, schema: &RecordSchema) -> Result<Vec<u8>, FieldError> {
+        envelope_to_datum(&self.meta, &self.data, schema.schema(), "")
     }
 
     /// A command from its decoded record (`key` is the record's key).

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
 use super::identity;
-use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro};
+use super::json_avro::{FieldError, envelope_from_avro, envelope_to_datum};
 use crate::codec::RecordSchema;
 
 /// The event types of the product's domain.
@@ -454,14 +454,23 @@ impl Event {
     /// The Avro record of this event in `schema` (version `version`); checks the schema and the
     /// type's rules. Sets `meta.schema_version`.
     pub fn to_avro(&mut self, schema: &RecordSchema, version: u32) -> Result<Value, FieldError> {
+        let datum = self.to_datum(schema, version)?;
+        crate::codec::decode_datum(schema.schema(), &datum).map_err(|detail| FieldError {
+            field: "data".into(),
+            detail,
+        })
+    }
+
+    /// [`Event::to_avro`]'s record as its Avro datum, written without building the record first.
+    pub fn to_datum(&mut self, schema: &RecordSchema, version: u32) -> Result<Vec<u8>, FieldError> {
         let t = self.event_type().ok_or_else(|| FieldError {
             field: "type".into(),
             detail: format!("unknown event type `{}`", self.meta.event_type),
         })?;
         self.meta.schema_version = i32::try_from(version).unwrap_or(i32::MAX);
-        let value = envelope_to_avro(&self.meta, &self.data, schema.schema(), "data")?;
+        let datum = envelope_to_datum(&self.meta, &self.data, schema.schema(), "data")?;
         self.check_rules(t)?;
-        Ok(value)
+        Ok(datum)
     }
 
     /// The event in an Avro record (as decoded, possibly resolved to a reader schema).

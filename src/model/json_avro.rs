@@ -1,4 +1,5 @@
-//! JSON ↔ Avro values, guided by the Avro schema, with errors that name the offending field.
+//! JSON ↔ Avro (datums and values), guided by the Avro schema, with errors that name the offending
+//! field.
 //!
 //! Invariants:
 //! - `to_avro` accepts exactly what the schema allows: unknown fields are refused (a typo never
@@ -8,12 +9,17 @@
 //!   as `field` in its 422 body.
 //! - `to_json` is the inverse for values of the supported schemas (timestamps become epoch
 //!   milliseconds, unions unwrap), so typed structs round-trip through serde.
-
-use std::collections::HashMap;
+//! - [`to_datum`] writes the Avro binary straight from the JSON, with no `Value` tree in between:
+//!   it is the one converter. [`to_avro`] is its datum read back, so the two accept and refuse
+//!   alike. The datum is what apache-avro writes for the same value (up to the order of a map's
+//!   entries); the tests pin it byte for byte and the `json_avro` fuzz target checks it.
+//! - A union tries its branches in order, and a branch that does not fit leaves no byte behind.
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
 use serde_json::{Map, Value as Json};
+
+use crate::codec::datum::wire;
 
 /// A value that does not fit its schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,174 +74,210 @@ fn kind(json: &Json) -> &'static str {
     }
 }
 
-/// Converts `json` into a value of `schema`; `path` names it in errors.
+/// Converts `json` into a value of `schema`; `path` names it in errors. The value is read back
+/// from the datum [`to_datum`] writes, so the two agree by construction.
 pub fn to_avro(json: &Json, schema: &Schema, path: &str) -> Result<Value, FieldError> {
-    convert(json, schema, &Path::Root(path))
+    let datum = to_datum(json, schema, path)?;
+    read_back(schema, &datum, path)
 }
 
-fn convert(json: &Json, schema: &Schema, path: &Path<'_>) -> Result<Value, FieldError> {
+/// The Avro binary datum of `json` in `schema`, written straight from the JSON (no [`Value`] tree
+/// in between); `path` names the value in errors.
+pub fn to_datum(json: &Json, schema: &Schema, path: &str) -> Result<Vec<u8>, FieldError> {
+    let mut out = Vec::with_capacity(128);
+    write(json, schema, &Path::Root(path), &mut out)?;
+    Ok(out)
+}
+
+/// A datum this module wrote, decoded. It always decodes; were it not to, that is said as an error
+/// of the value rather than a panic.
+fn read_back(schema: &Schema, datum: &[u8], path: &str) -> Result<Value, FieldError> {
+    crate::codec::decode_datum(schema, datum).map_err(|e| err(path, e))
+}
+
+/// Writes the datum of `json` in `schema` onto `out`. On an error `out` may end with part of the
+/// value: a union that tries its next branch cuts it off; [`to_datum`] drops the whole buffer.
+fn write(
+    json: &Json,
+    schema: &Schema,
+    path: &Path<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), FieldError> {
     let expected = |what: &str| err(path, format!("expected {what}, got {}", kind(json)));
     match schema {
-        Schema::Null => json
-            .is_null()
-            .then_some(Value::Null)
-            .ok_or_else(|| expected("null")),
-        Schema::Boolean => json
-            .as_bool()
-            .map(Value::Boolean)
-            .ok_or_else(|| expected("a boolean")),
+        Schema::Null => {
+            if !json.is_null() {
+                return Err(expected("null"));
+            }
+        }
+        Schema::Boolean => wire::boolean(out, json.as_bool().ok_or_else(|| expected("a boolean"))?),
         Schema::Int => {
             let n = json.as_i64().ok_or_else(|| expected("an integer"))?;
-            i32::try_from(n)
-                .map(Value::Int)
-                .map_err(|_| err(path, format!("{n} does not fit a 32-bit integer")))
+            let n = i32::try_from(n)
+                .map_err(|_| err(path, format!("{n} does not fit a 32-bit integer")))?;
+            wire::long(out, i64::from(n));
         }
-        Schema::Long => json
-            .as_i64()
-            .map(Value::Long)
-            .ok_or_else(|| expected("an integer")),
-        Schema::Float => json
-            .as_f64()
-            .map(|f| Value::Float(f as f32))
-            .ok_or_else(|| expected("a number")),
-        Schema::Double => json
-            .as_f64()
-            .map(Value::Double)
-            .ok_or_else(|| expected("a number")),
-        Schema::String => json
-            .as_str()
-            .map(|s| Value::String(s.to_string()))
-            .ok_or_else(|| expected("a string")),
-        Schema::TimestampMillis => match json {
-            Json::Number(n) => n
-                .as_i64()
-                .map(Value::TimestampMillis)
-                .ok_or_else(|| expected("epoch milliseconds")),
-            Json::String(s) => parse_timestamp_ms(s)
-                .map(Value::TimestampMillis)
-                .map_err(|e| err(path, format!("not an RFC 3339 timestamp: {e}"))),
-            _ => Err(expected("an RFC 3339 timestamp or epoch milliseconds")),
-        },
+        Schema::Long => wire::long(out, json.as_i64().ok_or_else(|| expected("an integer"))?),
+        Schema::Float => wire::float(
+            out,
+            json.as_f64().ok_or_else(|| expected("a number"))? as f32,
+        ),
+        Schema::Double => wire::double(out, json.as_f64().ok_or_else(|| expected("a number"))?),
+        Schema::String => {
+            let s = json.as_str().ok_or_else(|| expected("a string"))?;
+            wire::bytes(out, s.as_bytes());
+        }
+        Schema::TimestampMillis => {
+            let ms = match json {
+                Json::Number(n) => n.as_i64().ok_or_else(|| expected("epoch milliseconds"))?,
+                Json::String(s) => parse_timestamp_ms(s)
+                    .map_err(|e| err(path, format!("not an RFC 3339 timestamp: {e}")))?,
+                _ => return Err(expected("an RFC 3339 timestamp or epoch milliseconds")),
+            };
+            wire::long(out, ms);
+        }
         Schema::Array(a) => {
             let items = json.as_array().ok_or_else(|| expected("an array"))?;
-            items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| convert(item, &a.items, &Path::Index(path, i)))
-                .collect::<Result<Vec<_>, _>>()
-                .map(Value::Array)
+            if !items.is_empty() {
+                wire::long(out, items.len() as i64);
+                for (i, item) in items.iter().enumerate() {
+                    write(item, &a.items, &Path::Index(path, i), out)?;
+                }
+            }
+            wire::long(out, 0);
         }
         Schema::Map(m) => {
             let entries = json.as_object().ok_or_else(|| expected("an object"))?;
-            entries
-                .iter()
-                .map(|(k, v)| Ok((k.clone(), convert(v, &m.types, &Path::Key(path, k))?)))
-                .collect::<Result<HashMap<_, _>, FieldError>>()
-                .map(Value::Map)
+            if !entries.is_empty() {
+                wire::long(out, entries.len() as i64);
+                for (k, v) in entries {
+                    wire::bytes(out, k.as_bytes());
+                    write(v, &m.types, &Path::Key(path, k), out)?;
+                }
+            }
+            wire::long(out, 0);
         }
         Schema::Enum(e) => {
             let s = json.as_str().ok_or_else(|| expected("a string"))?;
-            match e.symbols.iter().position(|sym| sym == s) {
-                Some(i) => Ok(Value::Enum(i as u32, s.to_string())),
-                None => Err(err(
+            let Some(i) = e.symbols.iter().position(|sym| sym == s) else {
+                return Err(err(
                     path,
                     format!("`{s}` is not one of {}", e.symbols.join(", ")),
-                )),
-            }
+                ));
+            };
+            wire::long(out, i as i64);
         }
         Schema::Union(u) => {
             let variants = u.variants();
             if json.is_null() {
                 return match variants.iter().position(|v| matches!(v, Schema::Null)) {
-                    Some(i) => Ok(Value::Union(i as u32, Box::new(Value::Null))),
+                    Some(i) => {
+                        wire::long(out, i as i64);
+                        Ok(())
+                    }
                     None => Err(err(path, "must not be null")),
                 };
             }
+            let start = out.len();
             let mut first_error = None;
             for (i, variant) in variants
                 .iter()
                 .enumerate()
                 .filter(|(_, v)| !matches!(v, Schema::Null))
             {
-                match convert(json, variant, path) {
-                    Ok(v) => return Ok(Value::Union(i as u32, Box::new(v))),
+                wire::long(out, i as i64);
+                match write(json, variant, path, out) {
+                    Ok(()) => return Ok(()),
                     Err(e) => {
+                        out.truncate(start);
                         first_error.get_or_insert(e);
                     }
                 }
             }
-            Err(first_error.unwrap_or_else(|| err(path, "no variant of the union fits")))
+            return Err(first_error.unwrap_or_else(|| err(path, "no variant of the union fits")));
         }
         Schema::Record(r) => {
             let object = json.as_object().ok_or_else(|| expected("an object"))?;
-            record(object, r, path, Vec::new())
+            record(object, r, path, None, out)?;
         }
-        other => Err(err(
-            path,
-            format!("schema type {other:?} is not supported by the JSON contract"),
-        )),
+        other => {
+            return Err(err(
+                path,
+                format!("schema type {other:?} is not supported by the JSON contract"),
+            ));
+        }
     }
+    Ok(())
 }
 
-/// Converts a JSON object into a record of `schema`. Fields named in `provided` are taken from
-/// there (the caller builds them, like `meta`) and are refused in the object; unknown keys are
-/// refused; missing ones take their default.
-pub fn record_to_avro(
-    object: &Map<String, Json>,
-    schema: &apache_avro::schema::RecordSchema,
-    path: &str,
-    provided: Vec<(&str, Value)>,
-) -> Result<Value, FieldError> {
-    record(object, schema, &Path::Root(path), provided)
-}
+/// A field the caller builds itself (like `meta`): its name, its value and the name errors give it.
+type Provided<'a> = (&'a str, &'a Json, &'a str);
 
+/// Writes a JSON object as a record of `schema`. A `provided` field is taken from there (and
+/// refused in the object); unknown keys are refused; missing ones take their default.
 fn record(
     object: &Map<String, Json>,
     schema: &apache_avro::schema::RecordSchema,
     path: &Path<'_>,
-    mut provided: Vec<(&str, Value)>,
-) -> Result<Value, FieldError> {
-    if let Some(unknown) = object.keys().find(|k| {
-        provided.iter().any(|(p, _)| p == k) || !schema.fields.iter().any(|f| &f.name == *k)
-    }) {
+    provided: Option<Provided<'_>>,
+    out: &mut Vec<u8>,
+) -> Result<(), FieldError> {
+    let is_provided = |name: &str| provided.is_some_and(|(p, _, _)| p == name);
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| is_provided(k) || !schema.fields.iter().any(|f| &f.name == *k))
+    {
         return Err(err(Path::Field(path, unknown), "unknown field"));
     }
-    let mut fields = Vec::with_capacity(schema.fields.len());
     for field in &schema.fields {
-        let field_path = Path::Field(path, &field.name);
-        let value = if let Some(i) = provided.iter().position(|(p, _)| *p == field.name) {
-            provided.swap_remove(i).1
-        } else {
-            match (object.get(&field.name), &field.default) {
-                (Some(json), _) => convert(json, &field.schema, &field_path)?,
-                (None, Some(default)) => convert(default, &field.schema, &field_path)?,
-                (None, None) => return Err(err(field_path, "is required")),
+        match (provided, object.get(&field.name), &field.default) {
+            (Some((name, json, root)), _, _) if name == field.name => {
+                write(json, &field.schema, &Path::Root(root), out)?;
             }
-        };
-        fields.push((field.name.clone(), value));
+            (_, Some(json), _) | (_, None, Some(json)) => {
+                write(json, &field.schema, &Path::Field(path, &field.name), out)?;
+            }
+            (_, None, None) => return Err(err(Path::Field(path, &field.name), "is required")),
+        }
     }
-    Ok(Value::Record(fields))
+    Ok(())
 }
 
-/// The record of `schema` for an envelope `meta` (the record's `meta` field) and `data` (every
-/// other field): how events and commands become Avro. `data_path` prefixes field names in errors.
+/// The datum of `schema` for an envelope `meta` (the record's `meta` field) and `data` (every other
+/// field): how events and commands become Avro. `data_path` prefixes field names in errors.
+pub fn envelope_to_datum<M: serde::Serialize>(
+    meta: &M,
+    data: &Map<String, Json>,
+    schema: &Schema,
+    data_path: &str,
+) -> Result<Vec<u8>, FieldError> {
+    let Schema::Record(record_schema) = schema else {
+        return Err(err("", "schema is not a record"));
+    };
+    if !record_schema.fields.iter().any(|f| f.name == "meta") {
+        return Err(err("meta", "schema has no meta field"));
+    }
+    let meta = serde_json::to_value(meta).map_err(|e| err("meta", e.to_string()))?;
+    let mut out = Vec::with_capacity(256);
+    record(
+        data,
+        record_schema,
+        &Path::Root(data_path),
+        Some(("meta", &meta, "meta")),
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// [`envelope_to_datum`], read back as a [`Value`].
 pub fn envelope_to_avro<M: serde::Serialize>(
     meta: &M,
     data: &Map<String, Json>,
     schema: &Schema,
     data_path: &str,
 ) -> Result<Value, FieldError> {
-    let Schema::Record(record) = schema else {
-        return Err(err("", "schema is not a record"));
-    };
-    let meta_field = record
-        .fields
-        .iter()
-        .find(|f| f.name == "meta")
-        .ok_or_else(|| err("meta", "schema has no meta field"))?;
-    let meta_json = serde_json::to_value(meta).map_err(|e| err("meta", e.to_string()))?;
-    let meta = to_avro(&meta_json, &meta_field.schema, "meta")?;
-    record_to_avro(data, record, data_path, vec![("meta", meta)])
+    let datum = envelope_to_datum(meta, data, schema, data_path)?;
+    read_back(schema, &datum, data_path)
 }
 
 /// The inverse of [`envelope_to_avro`]: the `meta` field read into `M`, the other fields as JSON.
@@ -386,6 +428,89 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "[0]");
+    }
+
+    /// apache-avro's own encoding of `value`.
+    fn apache(schema: &Schema, value: Value) -> Vec<u8> {
+        apache_avro::writer::datum::GenericDatumWriter::builder(schema)
+            .build()
+            .unwrap()
+            .write_value_to_vec(value)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_datum_is_the_one_apache_avro_writes_for_the_same_value() {
+        let s = Schema::parse_str(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"s","type":"string"},
+                {"name":"u","type":["null","string","long"]},
+                {"name":"n","type":["null","int"],"default":null},
+                {"name":"i","type":"int"},
+                {"name":"l","type":"long"},
+                {"name":"f","type":"float"},
+                {"name":"d","type":"double"},
+                {"name":"b","type":"boolean"},
+                {"name":"a","type":{"type":"array","items":"long"}},
+                {"name":"e","type":{"type":"array","items":"string"}},
+                {"name":"m","type":{"type":"map","values":"string"}},
+                {"name":"k","type":{"type":"enum","name":"K","symbols":["X","Y","Z"]}},
+                {"name":"t","type":{"type":"long","logicalType":"timestamp-millis"}},
+                {"name":"r","type":{"type":"record","name":"Inner","fields":[{"name":"z","type":"int"}]}}]}"#,
+        )
+        .unwrap();
+        let json = json!({"s":"héllo","u":-7,"i":-2_147_483_648_i64,"l":i64::MAX,"f":1.5,"d":-0.25,
+            "b":true,"a":[0,-1,63,-64,64,8192,i64::MIN],"e":[],"m":{"only":"one"},"k":"Z",
+            "t":"2026-11-23T10:00:00.5Z","r":{"z":300}});
+        let value = Value::Record(vec![
+            ("s".into(), Value::String("héllo".into())),
+            ("u".into(), Value::Union(2, Box::new(Value::Long(-7)))),
+            ("n".into(), Value::Union(0, Box::new(Value::Null))),
+            ("i".into(), Value::Int(i32::MIN)),
+            ("l".into(), Value::Long(i64::MAX)),
+            ("f".into(), Value::Float(1.5)),
+            ("d".into(), Value::Double(-0.25)),
+            ("b".into(), Value::Boolean(true)),
+            (
+                "a".into(),
+                Value::Array(
+                    [0, -1, 63, -64, 64, 8192, i64::MIN]
+                        .into_iter()
+                        .map(Value::Long)
+                        .collect(),
+                ),
+            ),
+            ("e".into(), Value::Array(Vec::new())),
+            (
+                "m".into(),
+                Value::Map([("only".to_string(), Value::String("one".into()))].into()),
+            ),
+            ("k".into(), Value::Enum(2, "Z".into())),
+            ("t".into(), Value::TimestampMillis(1_795_428_000_500)),
+            (
+                "r".into(),
+                Value::Record(vec![("z".into(), Value::Int(300))]),
+            ),
+        ]);
+        let datum = to_datum(&json, &s, "data").unwrap();
+        assert_eq!(datum, apache(&s, value.clone()));
+        assert_eq!(to_avro(&json, &s, "data").unwrap(), value);
+    }
+
+    #[test]
+    fn a_union_branch_that_does_not_fit_leaves_nothing_behind() {
+        // "x" is tried as the record first, which writes its union index and then fails on the
+        // missing field: that index must not stay in the datum.
+        let s = Schema::parse_str(
+            r#"{"type":"record","name":"O","fields":[{"name":"v","type":["null",
+                {"type":"record","name":"P","fields":[{"name":"q","type":"long"},{"name":"w","type":"long"}]},
+                {"type":"map","values":"long"}]}]}"#,
+        )
+        .unwrap();
+        let json = json!({"v":{"q":1}});
+        let map = Value::Map([("q".to_string(), Value::Long(1))].into());
+        let expected = Value::Record(vec![("v".into(), Value::Union(2, Box::new(map)))]);
+        assert_eq!(to_datum(&json, &s, "").unwrap(), apache(&s, expected));
     }
 
     #[test]

@@ -308,14 +308,14 @@ impl Decide {
                 let msg = format!("no schema for {}", c.command_type);
                 return fail(ErrorClass::Permanent, &msg, corr);
             };
-            let value = match c.to_avro(schema) {
-                Ok(v) => v,
+            let datum = match c.to_datum(schema) {
+                Ok(d) => d,
                 Err(e) => {
                     let msg = format!("{}: {e}", c.command_type);
                     return fail(ErrorClass::Permanent, &msg, corr);
                 }
             };
-            let payload = match self.codec.encode(&self.outbox, schema, value).await {
+            let payload = match self.codec.encode_datum(&self.outbox, schema, &datum).await {
                 Ok(b) => b,
                 Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
                 Err(e) => return fail(ErrorClass::Permanent, &e.to_string(), corr),
