@@ -3,6 +3,8 @@
 //!
 //! Properties, for any bytes:
 //! - Neither function panics.
+//! - `model::datum_json::read_json`, the processor's reader, covers every catalog schema and agrees
+//!   with the strict decode followed by `to_json`: the same JSON, or both refuse.
 //! - `split_wire_format` accepts exactly the inputs with magic byte 0 and a 4-byte id, and returns
 //!   that id (big-endian) and the rest.
 //! - The schema id picks a catalog entry (id modulo the catalog's size), as a registry would. A datum
@@ -18,6 +20,7 @@ use apache_avro::writer::datum::GenericDatumWriter;
 use libfuzzer_sys::fuzz_target;
 use onceflow::codec::catalog::{Catalog, Entry};
 use onceflow::codec::{decode_datum, split_wire_format};
+use onceflow::model::datum_json::{Unread, decoded_json, read_json};
 
 static CATALOG: LazyLock<Catalog> =
     LazyLock::new(|| Catalog::builtin().expect("the compiled-in catalog parses"));
@@ -45,6 +48,23 @@ fuzz_target!(|bytes: &[u8]| {
 
     let entry = entries[id as usize % entries.len()];
     let writer = entry.schema().schema();
+    // The processor's reader, straight into JSON, agrees with the strict decode and to_json.
+    let decoded = decoded_json(writer, datum);
+    match read_json(writer, datum) {
+        Ok(json) => assert_eq!(
+            decoded.as_ref(),
+            Ok(&json),
+            "{}: read_json and the strict decode disagree",
+            entry.file()
+        ),
+        Err(Unread::Corrupt(reason)) => assert!(
+            decoded.is_err(),
+            "{}: read_json refused what decodes: {reason}",
+            entry.file()
+        ),
+        Err(Unread::Unsupported) => panic!("{}: read_json does not cover it", entry.file()),
+    }
+
     let Ok(value) = decode_datum(writer, datum) else {
         return;
     };

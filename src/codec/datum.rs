@@ -91,6 +91,7 @@ fn intern(schema: &Schema) -> Result<&'static Schema, String> {
 
 /// A strict reader of one writer schema's datums, its names resolved once.
 pub struct DatumReader {
+    schema: &'static Schema,
     reader: GenericDatumReader<'static>,
     record_name: Option<String>,
 }
@@ -115,6 +116,7 @@ impl DatumReader {
             _ => None,
         };
         Ok(DatumReader {
+            schema,
             reader,
             record_name,
         })
@@ -123,6 +125,11 @@ impl DatumReader {
     /// Full name of the writer's record schema (none for a schema that is not a record).
     pub fn record_name(&self) -> Option<&str> {
         self.record_name.as_deref()
+    }
+
+    /// The writer schema (the process's interned copy).
+    pub fn schema(&self) -> &'static Schema {
+        self.schema
     }
 
     /// Decodes one datum strictly (see the module invariants).
@@ -198,6 +205,108 @@ pub mod wire {
     /// A `double`: eight bytes, little-endian.
     pub fn double(out: &mut Vec<u8>, d: f64) {
         out.extend_from_slice(&d.to_le_bytes());
+    }
+
+    /// A datum being read, for readers that walk a schema themselves. Every read checks its
+    /// bounds: a read past the end is an error, never a default. The checks are apache-avro's
+    /// (a varint of at most ten bytes, a length that is not negative, a boolean that is 0 or 1),
+    /// so both refuse the same bytes; `fuzz/fuzz_targets/wire_format.rs` compares them.
+    #[derive(Debug)]
+    pub struct Cursor<'a> {
+        rest: &'a [u8],
+    }
+
+    impl<'a> Cursor<'a> {
+        /// A cursor at the start of `datum`.
+        pub fn new(datum: &'a [u8]) -> Cursor<'a> {
+            Cursor { rest: datum }
+        }
+
+        /// Bytes not read yet.
+        pub fn remaining(&self) -> usize {
+            self.rest.len()
+        }
+
+        /// The next `n` bytes.
+        pub fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+            if n > self.rest.len() {
+                return Err(format!("{n} bytes wanted, {} left", self.rest.len()));
+            }
+            let (head, rest) = self.rest.split_at(n);
+            self.rest = rest;
+            Ok(head)
+        }
+
+        fn byte(&mut self) -> Result<u8, String> {
+            Ok(self.take(1)?[0])
+        }
+
+        /// A zig-zag varint `long`.
+        pub fn long(&mut self) -> Result<i64, String> {
+            let mut z = 0_u64;
+            for j in 0..10 {
+                let b = self.byte()?;
+                z |= u64::from(b & 0x7f) << (j * 7);
+                if b & 0x80 == 0 {
+                    return Ok(((z >> 1) as i64) ^ -((z & 1) as i64));
+                }
+            }
+            Err("a varint longer than ten bytes".into())
+        }
+
+        /// An `int`: a `long` that fits 32 bits.
+        pub fn int(&mut self) -> Result<i32, String> {
+            let n = self.long()?;
+            i32::try_from(n).map_err(|_| format!("{n} does not fit an int"))
+        }
+
+        /// A length: a `long` that is not negative.
+        pub fn length(&mut self) -> Result<usize, String> {
+            let n = self.long()?;
+            usize::try_from(n).map_err(|_| format!("a negative length {n}"))
+        }
+
+        /// A `bytes` or a `string`: a length, then that many bytes.
+        pub fn bytes(&mut self) -> Result<&'a [u8], String> {
+            let n = self.length()?;
+            self.take(n)
+        }
+
+        /// A `boolean`.
+        pub fn boolean(&mut self) -> Result<bool, String> {
+            match self.byte()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                b => Err(format!("{b} is not a boolean")),
+            }
+        }
+
+        /// A `float`.
+        pub fn float(&mut self) -> Result<f32, String> {
+            let b = self.take(4)?;
+            Ok(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        }
+
+        /// A `double`.
+        pub fn double(&mut self) -> Result<f64, String> {
+            let b = self.take(8)?;
+            let mut a = [0; 8];
+            a.copy_from_slice(b);
+            Ok(f64::from_le_bytes(a))
+        }
+
+        /// The item count of an array's or a map's next block; 0 ends the array or map. A
+        /// negative count is followed by the block's size in bytes, which is skipped.
+        pub fn block(&mut self) -> Result<usize, String> {
+            let n = self.long()?;
+            if n < 0 {
+                self.long()?;
+            }
+            let n = n
+                .checked_abs()
+                .ok_or_else(|| "a block count that overflows".to_string())?;
+            usize::try_from(n).map_err(|_| format!("a block count {n}"))
+        }
     }
 }
 

@@ -197,6 +197,47 @@ pub trait Codec: Send + Sync {
 
     /// Decodes bytes written by [`Codec::encode`] (or any Confluent-compatible producer).
     fn decode(&self, bytes: &[u8]) -> impl Future<Output = Result<Decoded, CodecError>> + Send;
+
+    /// The datum in `bytes` with the reader of the schema it was written with, not decoded yet:
+    /// for readers that take the datum straight into their own form
+    /// ([`datum_json`](crate::model::datum_json)).
+    fn written<'a>(
+        &self,
+        bytes: &'a [u8],
+    ) -> impl Future<Output = Result<Written<'a>, CodecError>> + Send;
+}
+
+/// A record's datum, with the strict reader of the schema it was written with.
+#[derive(Debug)]
+pub struct Written<'a> {
+    /// The writer's schema id.
+    pub id: u32,
+    /// The reader of that schema.
+    pub reader: Arc<DatumReader>,
+    /// The Avro datum (the bytes after the frame).
+    pub datum: &'a [u8],
+}
+
+impl Written<'_> {
+    /// The datum decoded strictly into a value of the writer's schema.
+    pub fn decode(&self) -> Result<Decoded, CodecError> {
+        let value = self
+            .reader
+            .read(self.datum)
+            .map_err(|reason| self.corrupt(reason))?;
+        Ok(Decoded {
+            record_name: self.reader.record_name().map(str::to_owned),
+            value,
+        })
+    }
+
+    /// The error of a datum that does not decode: `reason`, with the schema id.
+    pub fn corrupt(&self, reason: String) -> CodecError {
+        CodecError::Decode {
+            reason: format!("schema id {}: {reason}", self.id),
+            retriable: false,
+        }
+    }
 }
 
 /// What an encode is given: a value, which the schema's writer checks and writes, or a datum its
@@ -495,18 +536,11 @@ impl AvroCodec {
         Ok(reader)
     }
 
-    /// Decodes Confluent wire-format bytes with the writer's schema from the registry.
-    async fn decode_bytes(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
+    /// The datum of Confluent wire-format bytes and the reader of its schema id.
+    async fn written_bytes<'a>(&self, bytes: &'a [u8]) -> Result<Written<'a>, CodecError> {
         let (id, datum) = split_wire_format(bytes)?;
         let reader = self.reader_for(id).await?;
-        let value = reader.read(datum).map_err(|reason| CodecError::Decode {
-            reason: format!("schema id {id}: {reason}"),
-            retriable: false,
-        })?;
-        Ok(Decoded {
-            record_name: reader.record_name().map(str::to_owned),
-            value,
-        })
+        Ok(Written { id, reader, datum })
     }
 }
 
@@ -530,7 +564,11 @@ impl Codec for AvroCodec {
     }
 
     async fn decode(&self, bytes: &[u8]) -> Result<Decoded, CodecError> {
-        self.decode_bytes(bytes).await
+        self.written_bytes(bytes).await?.decode()
+    }
+
+    async fn written<'a>(&self, bytes: &'a [u8]) -> Result<Written<'a>, CodecError> {
+        self.written_bytes(bytes).await
     }
 }
 

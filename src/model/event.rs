@@ -19,9 +19,10 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use super::datum_json::EnvelopeError;
 use super::identity;
 use super::json_avro::{FieldError, envelope_from_avro, envelope_to_datum};
-use crate::codec::RecordSchema;
+use crate::codec::{RecordSchema, Written};
 
 /// The event types of the product's domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -471,6 +472,18 @@ impl Event {
         let datum = envelope_to_datum(&self.meta, &self.data, schema.schema(), "data")?;
         self.check_rules(t)?;
         Ok(datum)
+    }
+
+    /// The event in a record's datum, read straight into its envelope and data
+    /// ([`datum_json`](super::datum_json)): what [`Event::from_avro`] gives for the decoded
+    /// record, without the decoded record.
+    pub fn from_written(written: &Written<'_>) -> Result<Event, EnvelopeError> {
+        let (meta, data) = super::datum_json::envelope(written)?;
+        Ok(Event {
+            meta,
+            data,
+            key_memo: KeyMemo::default(),
+        })
     }
 
     /// The event in an Avro record (as decoded, possibly resolved to a reader schema).

@@ -4,6 +4,7 @@
 //! Invariant: this module does no I/O; it is pure data and rules, tested without a broker.
 
 pub mod command;
+pub mod datum_json;
 pub mod event;
 pub mod headers;
 pub mod identity;

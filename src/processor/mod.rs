@@ -33,6 +33,7 @@ use crate::codec::{AvroCodec, Codec, CodecError, split_wire_format};
 use crate::config::Settings;
 use crate::dedupe::Change;
 use crate::kafka::names::{Names, Stage};
+use crate::model::datum_json::EnvelopeError;
 use crate::model::headers::{ErrorClass, name};
 use crate::model::{Event, EventType};
 use crate::retry::RetryPolicy;
@@ -235,32 +236,31 @@ impl Decide {
         let Some(bytes) = m.payload() else {
             return fail(ErrorClass::Decode, "record has no value", None);
         };
-        let decoded = match self.codec.decode(bytes).await {
-            Ok(d) => d,
+        let written = match self.codec.written(bytes).await {
+            Ok(w) => w,
             Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
             Err(e) => return fail(ErrorClass::Decode, &e.to_string(), None),
         };
-        let Some(event_type) = decoded
-            .record_name
-            .as_deref()
+        let Some(event_type) = written
+            .reader
+            .record_name()
             .and_then(EventType::from_record_name)
         else {
-            let name = decoded
-                .record_name
-                .unwrap_or_else(|| "an unnamed schema".into());
+            let name = written.reader.record_name().unwrap_or("an unnamed schema");
             return fail(
                 ErrorClass::Schema,
                 &format!("{name} is not an event type this stage reads"),
                 None,
             );
         };
-        let event = match Event::from_avro(&decoded.value) {
+        let event = match Event::from_written(&written) {
             Ok(e) if e.event_type() == Some(event_type) => e,
             Ok(e) => {
                 let msg = format!("record {event_type} says its type is {}", e.meta.event_type);
                 return fail(ErrorClass::Schema, &msg, Some(e.meta.correlation_id));
             }
-            Err(e) => return fail(ErrorClass::Schema, &e.to_string(), None),
+            Err(EnvelopeError::Decode(e)) => return fail(ErrorClass::Decode, &e.to_string(), None),
+            Err(EnvelopeError::Field(e)) => return fail(ErrorClass::Schema, &e.to_string(), None),
         };
         let partition = m.partition();
         let id = &event.meta.event_id;
@@ -301,9 +301,10 @@ impl Decide {
                 return fail(ErrorClass::Permanent, &reason, corr);
             }
         };
-        let headers = command_headers(m, &event, span.traceparent());
+        let mut headers = Some(command_headers(m, &event, span.traceparent()));
         let mut outs = Vec::with_capacity(commands.len());
-        for c in commands {
+        let last = commands.len().saturating_sub(1);
+        for (i, c) in commands.into_iter().enumerate() {
             let Some((_, schema)) = self.catalog.latest(c.command_type.schema_name()) else {
                 let msg = format!("no schema for {}", c.command_type);
                 return fail(ErrorClass::Permanent, &msg, corr);
@@ -325,7 +326,12 @@ impl Decide {
                 partition: None,
                 key: Some(c.key.into_bytes()),
                 payload: Some(payload),
-                headers: Some(headers.clone()),
+                // librdkafka copies headers one by one: the last command takes the original.
+                headers: if i == last {
+                    headers.take()
+                } else {
+                    headers.clone()
+                },
             });
         }
         span.set(trace::KeyValue::new("onceflow.commands", outs.len() as i64));
