@@ -1,5 +1,6 @@
 //! The records onceflow moves: events with their envelope, deterministic identities, and the
-//! schema-guided mapping between JSON (the HTTP contract, typed structs) and Avro (the wire).
+//! schema-guided mapping between JSON (the HTTP contract, typed structs) and Avro (the wire):
+//! [`json_avro`] writes datums from JSON, [`datum_json`] reads them back into JSON.
 //!
 //! Invariant: this module does no I/O; it is pure data and rules, tested without a broker.
 
