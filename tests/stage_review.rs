@@ -131,6 +131,7 @@ async fn a_revoke_while_a_batch_commits_waits_for_it_and_nothing_doubles() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_that_times_out_is_asked_again_never_redone() {
+    logs();
     recorder();
     let s = settings("ctimeout").await;
     publish(&s, leads("CT", 60)).await;

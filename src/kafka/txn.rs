@@ -219,16 +219,6 @@ impl TxProducer {
         .await
     }
 
-    /// Commits the open transaction, waiting at most `timeout` for the outcome (a time-out leaves
-    /// the commit going on in the background: ask again).
-    pub async fn commit_within(&self, timeout: Duration) -> Result<(), TxError> {
-        self.blocking_within("commit_transaction", timeout, move |p, _| {
-            drain_outq(p);
-            p.commit_transaction(timeout)
-        })
-        .await
-    }
-
     /// Test hook (fault `send_offsets_hangs`): a `send_offsets_to_transaction` that does not
     /// return for `hang`, as librdkafka's did after a coordinator was killed (#5456, #5511).
     pub async fn send_offsets_hanging(&self, hang: Duration) -> Result<(), TxError> {

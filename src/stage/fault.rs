@@ -15,10 +15,12 @@
 //! fault that ends a session does not fire again in the next);
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets;
-//! - `commit_times_out:N`: in batch N, the first commit call does not wait (a zero time-out; 1 ms
-//!   was sometimes enough for a loopback broker to answer), so librdkafka answers
-//!   with a time-out while the commit goes on in the background: the outcome is unknown to the
-//!   stage, as after a broker that stalled past the call's time-out;
+//! - `commit_times_out:N`: in batch N, the first commit call answers "timed out, retry to resume"
+//!   (librdkafka's retriable answer when a commit outlasts the call's time-out) without calling
+//!   librdkafka: the outcome is unknown to the stage, as after a broker that stalled past the
+//!   call's time-out. A real call with a zero time-out was a race, not a fault: librdkafka looks
+//!   for the answer only after sending the request, and on a loaded machine the broker's answer
+//!   was often there by then, so the commit succeeded (1 ms was no better);
 //! - `send_offsets_hangs:N`: in batch N, the call that sends the offsets to the transaction does
 //!   not return for the transaction time-out plus 60 s, as librdkafka's
 //!   `send_offsets_to_transaction` did in the chaos run after a coordinator was killed;
