@@ -48,6 +48,7 @@ use crate::config::{ConfigError, InDoubt, Settings};
 use crate::dedupe::Change;
 use crate::kafka::names::{Names, Stage};
 use crate::model::command::{Command, CommandType};
+use crate::model::datum_json::EnvelopeError;
 use crate::model::headers::{self, ErrorClass};
 use crate::retry::RetryPolicy;
 use crate::stage::fault::{FaultPlan, Point};
@@ -387,22 +388,20 @@ impl Deliver {
             fail(h, ErrorClass::Decode, "record has no value");
             return Ok(None);
         };
-        let decoded = match self.codec.decode(bytes).await {
-            Ok(v) => v,
+        let written = match self.codec.written(bytes).await {
+            Ok(w) => w,
             Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
             Err(e) => {
                 fail(h, ErrorClass::Decode, &e.to_string());
                 return Ok(None);
             }
         };
-        let Some(command_type) = decoded
-            .record_name
-            .as_deref()
+        let Some(command_type) = written
+            .reader
+            .record_name()
             .and_then(CommandType::from_record_name)
         else {
-            let name = decoded
-                .record_name
-                .unwrap_or_else(|| "an unnamed schema".into());
+            let name = written.reader.record_name().unwrap_or("an unnamed schema");
             fail(
                 h,
                 ErrorClass::Schema,
@@ -411,7 +410,7 @@ impl Deliver {
             return Ok(None);
         };
         let key = String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned();
-        let command = match Command::from_avro(&decoded.value, command_type, key) {
+        let command = match Command::from_written(&written, command_type, key) {
             Ok(c) if c.meta.adapter == self.adapter() => c,
             Ok(c) => {
                 let msg = format!(
@@ -422,7 +421,11 @@ impl Deliver {
                 fail(h, ErrorClass::Schema, &msg);
                 return Ok(None);
             }
-            Err(e) => {
+            Err(EnvelopeError::Decode(e)) => {
+                fail(h, ErrorClass::Decode, &e.to_string());
+                return Ok(None);
+            }
+            Err(EnvelopeError::Field(e)) => {
                 fail(h, ErrorClass::Schema, &e.to_string());
                 return Ok(None);
             }

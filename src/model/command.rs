@@ -14,10 +14,11 @@ use apache_avro::types::Value;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value as Json};
 
+use super::datum_json::EnvelopeError;
 use super::event::{Event, now_ms};
 use super::identity;
-use super::json_avro::{FieldError, envelope_from_avro, envelope_to_avro, envelope_to_datum};
-use crate::codec::RecordSchema;
+use super::json_avro::{FieldError, envelope_to_avro, envelope_to_datum};
+use crate::codec::{RecordSchema, Written};
 
 /// The command types of the built-in adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -144,13 +145,14 @@ impl Command {
         envelope_to_datum(&self.meta, &self.data, schema.schema(), "")
     }
 
-    /// A command from its decoded record (`key` is the record's key).
-    pub fn from_avro(
-        value: &Value,
+    /// A command from its record's datum, read straight into its envelope and data
+    /// ([`datum_json`](super::datum_json)); `key` is the record's key.
+    pub fn from_written(
+        written: &Written<'_>,
         command_type: CommandType,
         key: String,
-    ) -> Result<Command, FieldError> {
-        let (meta, data) = envelope_from_avro(value)?;
+    ) -> Result<Command, EnvelopeError> {
+        let (meta, data) = super::datum_json::envelope(written)?;
         Ok(Command {
             meta,
             command_type,
