@@ -9,7 +9,12 @@
 //!   [`AvroCodec`] keeps one encoding per schema: two versions of one record on one topic (same
 //!   subject) are each encoded with their own schema, never with whichever came first. Once the id
 //!   is known, a record is written through that schema's [`DatumWriter`] with the id in front:
-//!   nothing is looked up or resolved per record, and an invalid value is still refused.
+//!   nothing is looked up or resolved per record, and an invalid value is still refused. A datum
+//!   given ready-made ([`Codec::encode_datum`]) goes out behind the id as it is: its maker
+//!   (`model::json_avro::to_datum`) wrote it from the schema and checked it on the way.
+//! - [`Codec::written`] hands a record's datum with its writer schema's reader, for readers that
+//!   read it straight into their own form (`model::datum_json`); [`Written::decode`] is the strict
+//!   decode of the same datum, and their errors carry the schema id alike.
 //! - A failed encode is not remembered: a subject registered later (by CI, with `auto_register`
 //!   off) is found by the next attempt without a restart. Decoding failures stay cached, so a flood
 //!   of records with an unknown schema id does not hammer the registry.

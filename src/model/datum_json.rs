@@ -1,6 +1,6 @@
-//! An Avro datum read straight into JSON: the processor's decode, without apache-avro's `Value`
-//! tree in between (bench/PROFILE.md: building the tree and then the JSON from it was a fifth of a
-//! record's instructions).
+//! An Avro datum read straight into JSON: how the processor reads events and the dispatcher
+//! commands, without apache-avro's `Value` tree in between (bench/PROFILE.md: building the tree and
+//! then the JSON from it was a fifth of a record's instructions).
 //!
 //! Invariants:
 //! - What this reads is exactly what the strict decode ([`Written::decode`]) followed by
