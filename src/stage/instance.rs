@@ -12,10 +12,15 @@
 //!
 //! With static membership the member list cannot tell: a member's entry keeps the client id of the
 //! process that first joined with its `group.instance.id` when another takes it over. There, a
-//! process stops when it is fenced a second time within [`FENCED_TWICE`] of a first fence, its
-//! consumer (by another member of its `group.instance.id`) or its producer: two processes fence
-//! each other in turn, and the first fenced twice (the older) stops. One consumer fence alone is
-//! followed by a rejoin: librdkafka raises one itself after a session timeout.
+//! process stops when it is fenced a second time within [`FENCED_TWICE`] of a first fence and one
+//! of the two fenced its producer ([`Fences`]): two processes of one instance share the
+//! transactional id, so each one's start or rejoin fences the other's producer as well as its
+//! consumer, and the first fenced twice (the older) stops. Consumer fences alone never stop a
+//! process: librdkafka raises one itself when, after a session timeout, its own rejoin replaces the
+//! member a request in flight was sent for. A lone dispatcher met two of those 29 s apart in the
+//! chaos run (a paused broker, then a killed coordinator) and stopped while nothing else ran its
+//! instance. (Two processes that both stay idle fence only each other's consumers and keep
+//! rejoining in turn, writing nothing, until a record comes and the producer fence decides.)
 //!
 //! Invariant: with dynamic membership a process never stops for a member that is itself or older;
 //! of two processes of one instance, the older one stops once it has been fenced and has seen the
@@ -31,6 +36,35 @@ use crate::kafka::client::{self, Isolation, StartAt};
 
 /// Static membership: a process fenced a second time within this long after a first fence stops.
 pub const FENCED_TWICE: Duration = Duration::from_secs(60);
+/// What fenced a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// Its producer: another producer initialised the same transactional id.
+    Producer,
+    /// Its consumer: another member joined with its `group.instance.id` (maybe librdkafka's own
+    /// rejoin).
+    Consumer,
+}
+
+/// Static membership's rule for when a fenced process stops (see the module docs): a fence
+/// within [`FENCED_TWICE`] of the one before, one of the two a producer fence.
+#[derive(Debug, Default)]
+pub struct Fences {
+    last: Option<(std::time::Instant, Fence)>,
+}
+
+impl Fences {
+    /// Records a fence at `now`; true when the process should stop.
+    pub fn fenced(&mut self, fence: Fence, now: std::time::Instant) -> bool {
+        let stop = self.last.is_some_and(|(at, before)| {
+            now.saturating_duration_since(at) < FENCED_TWICE
+                && (fence == Fence::Producer || before == Fence::Producer)
+        });
+        self.last = Some((now, fence));
+        stop
+    }
+}
+
 /// How long a fenced session looks for a newer process of its instance before it rejoins.
 pub const LOOK_FOR: Duration = Duration::from_secs(10);
 const EVERY: Duration = Duration::from_millis(500);
@@ -102,6 +136,37 @@ pub fn newer_member(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_second_fence_within_the_window_stops_only_when_a_producer_was_fenced() {
+        use std::time::Instant;
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // librdkafka's own rejoins after session time-outs: consumer fences only, never a stop.
+        let mut f = Fences::default();
+        assert!(!f.fenced(Fence::Consumer, at(0)));
+        assert!(!f.fenced(Fence::Consumer, at(29)));
+        assert!(!f.fenced(Fence::Consumer, at(30)));
+        // Another process of the instance: its start fences the producer too.
+        assert!(f.fenced(Fence::Producer, at(40)), "consumer, then producer");
+        let mut f = Fences::default();
+        assert!(!f.fenced(Fence::Producer, at(0)));
+        assert!(f.fenced(Fence::Consumer, at(10)), "producer, then consumer");
+        let mut f = Fences::default();
+        assert!(!f.fenced(Fence::Producer, at(0)));
+        assert!(f.fenced(Fence::Producer, at(59)), "producer twice");
+        // Only the fence before counts, and only within the window.
+        let mut f = Fences::default();
+        assert!(!f.fenced(Fence::Producer, at(0)));
+        assert!(!f.fenced(Fence::Producer, at(60)), "a minute apart");
+        let mut f = Fences::default();
+        assert!(!f.fenced(Fence::Producer, at(0)));
+        assert!(!f.fenced(Fence::Consumer, at(70)));
+        assert!(
+            !f.fenced(Fence::Consumer, at(80)),
+            "the producer fence is two back"
+        );
+    }
 
     #[test]
     fn only_members_of_the_same_instance_have_an_incarnation() {

@@ -46,8 +46,8 @@
 //!   `decode`, with the reason ([`crate::kafka::headers`]).
 //! - Of two processes started with the same instance (one transactional id), one stops and the
 //!   other keeps it: with dynamic membership the older, once fenced and having seen the newer
-//!   join; with static membership whichever consumer is fenced by the other's
-//!   `group.instance.id` ([`instance`]).
+//!   join; with static membership whichever is fenced twice within a minute, its producer once at
+//!   least ([`instance`]). Consumer fences alone (librdkafka's own rejoins) never stop a process.
 //! - Store changes reach memory only after their transaction committed; a work may commit changes
 //!   ahead of the batch ([`BatchCx::precommit`], the dispatcher's "attempting" marks) in a
 //!   transaction of their own, without offsets.
@@ -364,7 +364,7 @@ impl<W: Work> Runner<W> {
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) -> Result<Counts, StageError> {
         let mut counts = Counts::default();
         let stage = self.spec.stage.as_str();
-        let mut last_fence: Option<std::time::Instant> = None;
+        let mut fences = instance::Fences::default();
         while !*shutdown.borrow() {
             match session::run(self, &mut shutdown, &mut counts).await {
                 Ok(()) => break,
@@ -377,17 +377,17 @@ impl<W: Work> Runner<W> {
                         // A static member's entry keeps its first client id when another
                         // process takes it over, so the member list tells nothing there: two
                         // processes fence each other in turn, and the first fenced twice within
-                        // the window (the older) stops.
-                        // The consumer's FencedInstanceId counts the same way: librdkafka also
-                        // raises it on its own, after a session timeout, when its rejoin replaced
-                        // the member a request still in flight was sent for.
+                        // the window, its producer once at least, stops (instance::Fences).
                         e if e.is_fenced() || matches!(e, SessionError::InstanceFenced(_)) => {
-                            let again =
-                                last_fence.is_some_and(|t| t.elapsed() < instance::FENCED_TWICE);
-                            last_fence = Some(std::time::Instant::now());
-                            again.then(|| {
+                            let fence = if e.is_fenced() {
+                                instance::Fence::Producer
+                            } else {
+                                instance::Fence::Consumer
+                            };
+                            fences.fenced(fence, std::time::Instant::now()).then(|| {
                                 format!(
-                                    "another process of this instance (fenced twice within {:?})",
+                                    "another process of this instance (fenced twice within {:?}, \
+                                     its producer too)",
                                     instance::FENCED_TWICE
                                 )
                             })

@@ -1,7 +1,8 @@
 //! The fault schedule. Two loops, each on a thread of its own, recording every fault with its
 //! time since the start of the run:
 //! - stages: every `kill_every` (±50 %), a random processor or dispatcher is SIGKILLed and
-//!   started again after 0–2 s; a stage that exits by itself is noted and restarted too;
+//!   started again after 0–2 s; a stage that exits by itself is noted and restarted too (by the
+//!   drain as well, once this loop has stopped);
 //! - infrastructure: every `fault_every`, the next of [`Infra`] in turn: the leader of an `events`
 //!   partition SIGKILLed and restarted, the coordinator of a processor's transactional id
 //!   SIGKILLed and restarted, one broker SIGSTOPped for `pause` (longer than the cluster's 9 s
@@ -32,6 +33,11 @@ pub struct Fault {
 
 /// The fault log's name for a stage the harness found wedged and restarted.
 pub const WEDGED: &str = "WEDGED stage";
+
+/// The fault log's name for a stage that stopped because it took itself for superseded by
+/// another process of its instance: the run never starts one while the other lives, so that is a
+/// false alarm of the instance rule (`onceflow::stage::instance`).
+pub const SUPERSEDED: &str = "STOPPED as superseded";
 
 /// The fault log's name for a broker that did not start again.
 pub const BROKER_LOST: &str = "BROKER LOST";
@@ -125,6 +131,24 @@ impl Chaos {
         self.note(WEDGED, format!("{name}: {why}; SIGKILLed and restarted"));
     }
 
+    /// Restarts every process that exited by itself since the last look, and notes it: as
+    /// [`SUPERSEDED`] when its log ends with the stop of a process superseded by another of its
+    /// instance, else as exited (a start-up that failed while the registry was down, say).
+    pub fn restart_exited(&self) {
+        let mut fleet = self.fleet.lock().expect("fleet");
+        for (i, status) in fleet.exited() {
+            let name = fleet.procs[i].name.clone();
+            let log = std::fs::read_to_string(fleet.last_log(i)).unwrap_or_default();
+            let what = if log.contains("another process took over instance") {
+                SUPERSEDED
+            } else {
+                "exited by itself"
+            };
+            self.note(what, format!("{name} ({status}); restarted"));
+            fleet.start(i);
+        }
+    }
+
     /// The stage loop, until `stop`.
     pub fn stages(&self, stop: &AtomicBool) {
         loop {
@@ -136,12 +160,8 @@ impl Chaos {
             if !Self::nap(Duration::from_secs_f64(wait), stop) {
                 return;
             }
+            self.restart_exited();
             let mut fleet = self.fleet.lock().expect("fleet");
-            for (i, status) in fleet.exited() {
-                let name = fleet.procs[i].name.clone();
-                self.note("exited by itself", format!("{name} ({status}); restarted"));
-                fleet.start(i);
-            }
             if self.kill_every <= 0.0 {
                 continue;
             }

@@ -82,12 +82,21 @@ impl Fleet {
         }
     }
 
+    /// The log of run `run` of process `i`.
+    fn log_of(&self, i: usize, run: usize) -> PathBuf {
+        let name = self.procs[i].name.replace(':', "-");
+        self.dir.join(format!("{name}-{run}.log"))
+    }
+
+    /// The log of process `i`'s latest run.
+    pub fn last_log(&self, i: usize) -> PathBuf {
+        self.log_of(i, self.procs[i].runs.saturating_sub(1))
+    }
+
     /// Starts process `i`.
     pub fn start(&mut self, i: usize) {
+        let log = self.log_of(i, self.procs[i].runs);
         let p = &mut self.procs[i];
-        let log = self
-            .dir
-            .join(format!("{}-{}.log", p.name.replace(':', "-"), p.runs));
         let mut cmd = Command::new(&self.bin);
         cmd.arg("--config")
             .arg(&self.config)
@@ -138,11 +147,7 @@ impl Fleet {
     pub fn post_mortem(&self, i: usize) {
         let p = &self.procs[i];
         let Some(c) = &p.child else { return };
-        let base = self.dir.join(format!(
-            "{}-{}.log",
-            p.name.replace(':', "-"),
-            p.runs.saturating_sub(1)
-        ));
+        let base = self.last_log(i);
         if let Some((_, port)) = p.metrics_env
             && let Ok(out) = Command::new("curl")
                 .args(["-s", "-m", "5", &format!("http://127.0.0.1:{port}/metrics")])
@@ -163,6 +168,7 @@ impl Fleet {
         {
             let _ = std::fs::write(base.with_extension("stacks"), out.stdout);
         }
+        eprintln!("{}", digest(&p.name, &base));
     }
 
     /// Processes that exited by themselves since the last look: (index, exit status). The caller
@@ -208,4 +214,39 @@ impl Drop for Fleet {
             self.kill(i);
         }
     }
+}
+
+/// What the report of a failed run shows of a wedged stage (CI keeps no files): the metrics that
+/// say what it waits for (breaker, calls, aborts, rebalances, lag) and the last lines of its log.
+fn digest(name: &str, log: &Path) -> String {
+    const WANTED: [&str; 8] = [
+        "breaker",
+        "delivery_calls",
+        "aborts",
+        "rebalances",
+        "fencings",
+        "_lag_",
+        "records_total",
+        "rate_limit_wait_seconds_count",
+    ];
+    let metrics = std::fs::read_to_string(log.with_extension("metrics")).unwrap_or_default();
+    let mut out = format!("[chaos] post-mortem of {name}: metrics\n");
+    for line in metrics
+        .lines()
+        .filter(|l| !l.starts_with('#') && WANTED.iter().any(|w| l.contains(w)))
+    {
+        out += &format!("    {line}\n");
+    }
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(40)..];
+    out += &format!(
+        "[chaos] post-mortem of {name}: the last {} of {} log lines\n",
+        tail.len(),
+        lines.len()
+    );
+    for line in tail {
+        out += &format!("    {line}\n");
+    }
+    out
 }

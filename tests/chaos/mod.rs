@@ -214,6 +214,8 @@ async fn drain(
     let mut zero_rounds = 0;
     let mut since: Vec<(i64, Instant)> = vec![(-2, Instant::now()); groups.len()];
     loop {
+        // The stage loop has stopped: a stage that exits now is restarted here.
+        chaos.restart_exited();
         let mut lags = Vec::new();
         for (i, (g, topics, proc_name)) in groups.iter().enumerate() {
             let (k, g2, t) = (s.kafka.clone(), g.clone(), topics.clone());
@@ -408,9 +410,9 @@ pub async fn run(k: Knobs) -> Report {
         && sent.given_up.is_empty()
         && sent.id_mismatch == 0
         && kinds_done
-        && !schedule
-            .iter()
-            .any(|f| f.what == faults::WEDGED || f.what == faults::BROKER_LOST);
+        && !schedule.iter().any(|f| {
+            [faults::WEDGED, faults::BROKER_LOST, faults::SUPERSEDED].contains(&f.what.as_str())
+        });
     drop(chaos);
     if std::env::var("CHAOS_KEEP_CLUSTER").as_deref() != Ok("1") {
         if clean {
@@ -464,13 +466,14 @@ fn report(
     }
     let count = |w: &str| schedule.iter().filter(|f| f.what == w).count();
     out += &format!(
-        "faults: {} stage SIGKILLs, {} leader kills, {} coordinator kills, {} broker pauses, {} registry restarts; {} stages exited by themselves, {} wedged (restarted by the harness), {} brokers lost; starts per process: {}\n",
+        "faults: {} stage SIGKILLs, {} leader kills, {} coordinator kills, {} broker pauses, {} registry restarts; {} stages exited by themselves, {} stopped as superseded (none ran twice), {} wedged (restarted by the harness), {} brokers lost; starts per process: {}\n",
         count("SIGKILL stage"),
         count("SIGKILL leader"),
         count("SIGKILL coordinator"),
         count("SIGSTOP broker"),
         count("SIGKILL registry"),
         count("exited by itself"),
+        count(faults::SUPERSEDED),
         count(faults::WEDGED),
         count(faults::BROKER_LOST),
         restarts.join(", ")
