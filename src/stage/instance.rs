@@ -34,8 +34,10 @@ use rdkafka::error::KafkaError;
 use crate::config::KafkaSettings;
 use crate::kafka::client::{self, Isolation, StartAt};
 
-/// Static membership: a process fenced a second time within this long after a first fence stops.
+/// Static membership: a process fenced a second time within this long after a first fence, one of
+/// the two its producer's, stops.
 pub const FENCED_TWICE: Duration = Duration::from_secs(60);
+
 /// What fenced a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fence {
