@@ -58,6 +58,9 @@ build:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
+	@# unsafe code is denied everywhere but in the allocator's options (Cargo.toml, [workspace.lints]).
+	@! grep -rln --include='*.rs' 'allow(unsafe_code)' src sandbox tests benches fuzz 2>/dev/null \
+	  | grep -vx 'src/allocator.rs' || { echo 'lint: unsafe code allowed outside src/allocator.rs'; exit 1; }
 
 stack-up:
 	$(STACK) up

@@ -3,6 +3,7 @@
 //! differences or a refusal, 2 on a usage or configuration error (clap's convention), and 1 on
 //! any other failure.
 
+mod allocator;
 mod cli;
 
 use std::path::PathBuf;
@@ -10,10 +11,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 
-/// mimalloc instead of glibc's malloc: allocation was 26 % of the processor's instructions per
-/// record (bench/PROFILE.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use onceflow::config::Settings;
 use onceflow::telemetry::{self, LogFormat};
 
@@ -41,6 +38,7 @@ enum LogArg {
 }
 
 fn main() -> ExitCode {
+    allocator::tune();
     let cli = Cli::parse();
     telemetry::init_logging(match cli.log_format {
         LogArg::Json => LogFormat::Json,
