@@ -106,13 +106,16 @@ pub enum Routed {
 }
 
 /// The store changes of a batch whose transaction is still committing, by partition and key
-/// (`None`: forgotten); the last change of a key wins, as in [`Store::apply`].
+/// (`None`: forgotten); the last change of a key wins, as in [`Store::apply`]. Keys are hashed
+/// with foldhash, as the store's are: SipHash here was 1 % of a processed record's CPU.
 #[derive(Debug)]
-pub(super) struct Pending<E>(HashMap<i32, HashMap<String, Option<E>>>);
+pub(super) struct Pending<E>(HashMap<i32, Keys<E>>);
+
+type Keys<E> = HashMap<String, Option<E>, foldhash::fast::RandomState>;
 
 impl<E: Entry> Pending<E> {
     pub(super) fn of(changes: &[Change<E>]) -> Pending<E> {
-        let mut by_partition: HashMap<i32, HashMap<String, Option<E>>> = HashMap::new();
+        let mut by_partition: HashMap<i32, Keys<E>> = HashMap::new();
         for c in changes {
             let (partition, key, entry) = c.parts();
             by_partition
