@@ -283,7 +283,9 @@ pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<Vec<(i3
 /// Tracks the next offset to commit per partition over a batch of consumed records.
 #[derive(Debug, Default, Clone)]
 pub struct OffsetTracker {
-    next: std::collections::BTreeMap<(String, i32), i64>,
+    /// By topic, then partition: looked up by `&str`, so a record of a topic already seen
+    /// allocates nothing.
+    next: std::collections::BTreeMap<String, std::collections::BTreeMap<i32, i64>>,
 }
 
 impl OffsetTracker {
@@ -295,10 +297,11 @@ impl OffsetTracker {
     /// Records that `message` was consumed: its partition's next offset is at least `offset + 1`.
     pub fn consumed<M: Message>(&mut self, message: &M) {
         let next = message.offset() + 1;
-        let slot = self
-            .next
-            .entry((message.topic().to_string(), message.partition()))
-            .or_insert(next);
+        let partitions = match self.next.get_mut(message.topic()) {
+            Some(p) => p,
+            None => self.next.entry(message.topic().to_string()).or_default(),
+        };
+        let slot = partitions.entry(message.partition()).or_insert(next);
         *slot = (*slot).max(next);
     }
 
@@ -310,8 +313,10 @@ impl OffsetTracker {
     /// The offsets to commit, and a fresh start.
     pub fn take(&mut self) -> Result<TopicPartitionList, KafkaError> {
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), next) in std::mem::take(&mut self.next) {
-            tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+        for (topic, partitions) in std::mem::take(&mut self.next) {
+            for (partition, next) in partitions {
+                tpl.add_partition_offset(&topic, partition, Offset::Offset(next))?;
+            }
         }
         Ok(tpl)
     }

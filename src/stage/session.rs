@@ -352,17 +352,23 @@ impl<W: Work> Session<'_, W> {
         let mut fetched_while_paused: BTreeMap<(String, i32), i64> = BTreeMap::new();
         // Records whose headers could not all be read: dead-lettered by the stage itself.
         let mut unreadable: Vec<(&OwnedMessage, usize)> = Vec::new();
+        // The (topic, partition) keys below are built only when a map holds anything: most
+        // batches pause nothing and read every header, and a String per record adds up.
+        let tp_of = |m: &OwnedMessage| (m.topic().to_string(), m.partition());
         for m in batch {
-            let tp = (m.topic().to_string(), m.partition());
-            if paused_now.contains(&tp) {
+            if !paused_now.is_empty() && paused_now.contains(&tp_of(m)) {
                 continue;
             }
-            if self.paused.contains_key(&tp) {
-                let first = fetched_while_paused.entry(tp).or_insert(m.offset());
+            if !self.paused.is_empty() && self.paused.contains_key(&tp_of(m)) {
+                let first = fetched_while_paused.entry(tp_of(m)).or_insert(m.offset());
                 *first = (*first).min(m.offset());
                 continue;
             }
-            if let Some(dropped) = self.unreadable.remove(&(tp.0.clone(), tp.1, m.offset())) {
+            if !self.unreadable.is_empty()
+                && let Some(dropped) =
+                    self.unreadable
+                        .remove(&(m.topic().to_string(), m.partition(), m.offset()))
+            {
                 unreadable.push((m, dropped));
                 continue;
             }
@@ -374,6 +380,7 @@ impl<W: Work> Session<'_, W> {
             if let Some(env) = &envelope
                 && env.not_before > now
             {
+                let tp = tp_of(m);
                 self.pause(std::slice::from_ref(&tp), env.not_before)
                     .map_err(|e| BatchError::Fatal(e.into()))?;
                 self.rewind(std::slice::from_ref(m), false).await?;
@@ -438,7 +445,10 @@ impl<W: Work> Session<'_, W> {
             tracker.consumed(*m);
         }
         for d in &due {
-            let limit = first_deferred.get(&(d.msg.topic().to_string(), d.msg.partition()));
+            let limit = match first_deferred.is_empty() {
+                true => None,
+                false => first_deferred.get(&tp_of(d.msg)),
+            };
             if limit.is_none_or(|first| d.msg.offset() < *first) {
                 tracker.consumed(d.msg);
             }
