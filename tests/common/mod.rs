@@ -100,6 +100,23 @@ pub fn read_all(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<R
 /// Reads every record of `topic` visible at `isolation`, from the beginning, until each partition's
 /// position reaches its high watermark or nothing arrived for `quiet`. An open transaction keeps a
 /// `read_committed` reader below the high watermark, so `quiet` bounds that case.
+/// The high watermark of `topic`'s partition `p`, asked again for up to 30 s: right after a stack
+/// restart a partition can still be without a leader (NotLeaderForPartition), which a reader
+/// waits out rather than fails on.
+fn high_watermark(consumer: &BaseConsumer, topic: &str, p: i32) -> i64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match consumer.fetch_watermarks(topic, p, Duration::from_secs(10)) {
+            Ok((_, high)) => return high,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("watermarks of {topic}/{p}: {e}; asking again");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("watermarks of {topic}/{p}: {e}"),
+        }
+    }
+}
+
 pub fn read_all_bytes(settings: &Settings, topic: &str, isolation: Isolation) -> Vec<RawRec> {
     let quiet = Duration::from_secs(3);
     let consumer: BaseConsumer = client::consumer(
@@ -124,10 +141,7 @@ pub fn read_all_bytes(settings: &Settings, topic: &str, isolation: Isolation) ->
     for &p in &partitions {
         tpl.add_partition_offset(topic, p, Offset::Beginning)
             .unwrap();
-        let (_, hw) = consumer
-            .fetch_watermarks(topic, p, Duration::from_secs(10))
-            .unwrap();
-        high.push((p, hw));
+        high.push((p, high_watermark(&consumer, topic, p)));
     }
     consumer.assign(&tpl).unwrap();
 
