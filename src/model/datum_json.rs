@@ -62,8 +62,22 @@ pub fn envelope<M: serde::de::DeserializeOwned>(
         }
     };
     let meta = meta.ok_or_else(|| EnvelopeError::Field(field_error("missing")))?;
-    let meta = serde_json::from_value(meta).map_err(|e| EnvelopeError::Field(field_error(e)))?;
+    let meta = match meta {
+        // A record's fields go to `M` as they are: no map of owned names is built for them.
+        Meta::Fields(fields) => M::deserialize(serde::de::value::MapDeserializer::<
+            _,
+            serde_json::Error,
+        >::new(fields.into_iter())),
+        Meta::Other(value) => serde_json::from_value(value),
+    }
+    .map_err(|e| EnvelopeError::Field(field_error(e)))?;
     Ok((meta, data))
+}
+
+/// The `meta` field as read: a record's fields by name, or another value (which `M` refuses).
+enum Meta<'s> {
+    Fields(Vec<(&'s str, Json)>),
+    Other(Json),
 }
 
 fn field_error(detail: impl ToString) -> FieldError {
@@ -74,18 +88,30 @@ fn field_error(detail: impl ToString) -> FieldError {
 }
 
 /// The record's `meta` field and its other fields.
-fn read_fields(
-    record: &apache_avro::schema::RecordSchema,
+fn read_fields<'s>(
+    record: &'s apache_avro::schema::RecordSchema,
     datum: &[u8],
-) -> Result<(Option<Json>, Map<String, Json>), Unread> {
+) -> Result<(Option<Meta<'s>>, Map<String, Json>), Unread> {
     let mut cursor = Cursor::new(datum);
     let mut meta = None;
     let mut data = Map::new();
     for field in &record.fields {
-        let value = read(&field.schema, &mut cursor).map_err(corrupt)?;
         if field.name == "meta" {
-            meta = Some(value);
+            meta = Some(match &field.schema {
+                Schema::Record(r) => {
+                    let mut fields = Vec::with_capacity(r.fields.len());
+                    for f in &r.fields {
+                        fields.push((
+                            f.name.as_str(),
+                            read(&f.schema, &mut cursor).map_err(corrupt)?,
+                        ));
+                    }
+                    Meta::Fields(fields)
+                }
+                other => Meta::Other(read(other, &mut cursor).map_err(corrupt)?),
+            });
         } else {
+            let value = read(&field.schema, &mut cursor).map_err(corrupt)?;
             data.insert(field.name.clone(), value);
         }
     }
