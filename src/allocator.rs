@@ -32,8 +32,12 @@ const PURGE_DELAY_MS: c_long = 100;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Sets the allocator's options that cannot be chosen at build time.
+/// Sets the allocator's options that cannot be chosen at build time; one an operator set in
+/// mimalloc's own environment variable (`MIMALLOC_PURGE_DELAY`) is left as they set it.
 pub fn tune() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: mi_option_set only stores a value; the purge code reads it on each purge.
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) }
 }
