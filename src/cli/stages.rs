@@ -50,14 +50,15 @@ pub async fn process(args: StageArgs, mut settings: Settings) -> anyhow::Result<
     let counts = processor.run(stopped).await?;
     flush(exporting).await;
     println!(
-        "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
+        "processed: {} decided, {} duplicates, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins); the loop: {}",
         counts.tally.ok,
         counts.tally.duplicate,
         counts.tally.retry,
         counts.tally.dlq,
         counts.batches,
         counts.aborts,
-        counts.rejoins
+        counts.rejoins,
+        counts.time
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -81,7 +82,7 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
     flush(exporting).await;
     let t = &counts.tally;
     println!(
-        "delivered: {} delivered, {} duplicates, {} in doubt, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins)",
+        "delivered: {} delivered, {} duplicates, {} in doubt, {} retried, {} dead-lettered in {} batches ({} aborts, {} rejoins); the loop: {}",
         t.ok,
         t.duplicate,
         t.in_doubt,
@@ -89,7 +90,8 @@ pub async fn deliver(args: StageArgs, mut settings: Settings) -> anyhow::Result<
         t.dlq,
         counts.batches,
         counts.aborts,
-        counts.rejoins
+        counts.rejoins,
+        counts.time
     );
     Ok(ExitCode::SUCCESS)
 }

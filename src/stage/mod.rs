@@ -207,6 +207,32 @@ pub struct Counts {
     pub aborts: u64,
     /// Sessions ended by a fatal or fencing error (each followed by a rejoin).
     pub rejoins: u64,
+    /// Where the loop's time went.
+    pub time: LoopTime,
+}
+
+/// Where a stage's loop spent its time, over a run: what bounds its rate is the part that is
+/// not waiting (bench/PROCESSOR.md reads it from the summary a stage prints on exit).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LoopTime {
+    /// Collecting batches: receiving records, and waiting for them.
+    pub collecting: std::time::Duration,
+    /// In the work's `handle` (the processor's decode, dedupe, decide, encode).
+    pub handling: std::time::Duration,
+    /// Waiting for the transaction in flight to commit before the next one may begin.
+    pub waiting: std::time::Duration,
+}
+
+impl std::fmt::Display for LoopTime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1} s collecting, {:.1} s handling, {:.1} s waiting for commits",
+            self.collecting.as_secs_f64(),
+            self.handling.as_secs_f64(),
+            self.waiting.as_secs_f64()
+        )
+    }
 }
 
 /// One record of a batch that is due: its retry envelope (when it came from a retry topic) has a

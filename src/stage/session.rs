@@ -182,7 +182,9 @@ impl<W: Work> Session<'_, W> {
         while !*shutdown.borrow() {
             self.resume_due()?;
             self.refresh_dlq_depth();
+            let started = Instant::now();
             let mut batch = self.collect().await?;
+            counts.time.collecting += started.elapsed();
             let epoch = self.consumer.context().epoch();
             if epoch != self.epoch {
                 // The store follows the assignment only with the batch in flight in it.
@@ -414,7 +416,10 @@ impl<W: Work> Session<'_, W> {
             batch_no: self.batch_no,
             now,
         };
-        let mut handled = r.work.handle(&due, &mut cx).await?;
+        let started = Instant::now();
+        let handled = r.work.handle(&due, &mut cx).await;
+        counts.time.handling += started.elapsed();
+        let mut handled = handled?;
         for (m, dropped) in &unreadable {
             let message = format!(
                 "{dropped} header name(s) are not UTF-8; rdkafka cannot read them, so they were dropped"

@@ -165,7 +165,9 @@ impl<W: Work> Session<'_, W> {
         let Some(mut f) = self.inflight.take() else {
             return Ok(());
         };
+        let started = Instant::now();
         f.done().await;
+        counts.time.waiting += started.elapsed();
         match f.outcome.take() {
             Some(Ok(committed)) => self.complete(f.after, committed, counts).await,
             Some(Err(e)) => {
