@@ -17,7 +17,7 @@ use serde_json::{Map, Value as Json};
 use super::datum_json::EnvelopeError;
 use super::event::{Event, now_ms};
 use super::identity;
-use super::json_avro::{FieldError, envelope_to_avro, envelope_to_datum};
+use super::json_avro::{FieldError, Meta, MetaValue, envelope_to_avro, envelope_to_datum};
 use crate::codec::{RecordSchema, Written};
 
 /// The command types of the built-in adapters.
@@ -95,6 +95,29 @@ pub struct CommandMeta {
     pub event_type: String,
     /// When it was decided, epoch ms.
     pub created_at: i64,
+}
+
+impl Meta for CommandMeta {
+    const FIELDS: &'static [&'static str] = &[
+        "command_id",
+        "event_id",
+        "correlation_id",
+        "adapter",
+        "event_type",
+        "created_at",
+    ];
+
+    fn field(&self, name: &str) -> Option<MetaValue<'_>> {
+        Some(match name {
+            "command_id" => MetaValue::Str(&self.command_id),
+            "event_id" => MetaValue::Str(&self.event_id),
+            "correlation_id" => MetaValue::Str(&self.correlation_id),
+            "adapter" => MetaValue::Str(&self.adapter),
+            "event_type" => MetaValue::Str(&self.event_type),
+            "created_at" => MetaValue::Long(self.created_at),
+            _ => return None,
+        })
+    }
 }
 
 /// A command.

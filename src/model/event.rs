@@ -21,7 +21,7 @@ use serde_json::{Map, Value as Json};
 
 use super::datum_json::EnvelopeError;
 use super::identity;
-use super::json_avro::{FieldError, envelope_from_avro, envelope_to_datum};
+use super::json_avro::{FieldError, Meta, MetaValue, envelope_from_avro, envelope_to_datum};
 use crate::codec::{RecordSchema, Written};
 
 /// The event types of the product's domain.
@@ -104,6 +104,33 @@ pub struct EventMeta {
     pub correlation_id: String,
     /// Version of the schema it was written with.
     pub schema_version: i32,
+}
+
+impl Meta for EventMeta {
+    const FIELDS: &'static [&'static str] = &[
+        "event_id",
+        "source",
+        "source_event_id",
+        "type",
+        "occurred_at",
+        "received_at",
+        "correlation_id",
+        "schema_version",
+    ];
+
+    fn field(&self, name: &str) -> Option<MetaValue<'_>> {
+        Some(match name {
+            "event_id" => MetaValue::Str(&self.event_id),
+            "source" => MetaValue::Str(&self.source),
+            "source_event_id" => MetaValue::Str(&self.source_event_id),
+            "type" => MetaValue::Str(&self.event_type),
+            "occurred_at" => MetaValue::Long(self.occurred_at),
+            "received_at" => MetaValue::Long(self.received_at),
+            "correlation_id" => MetaValue::Str(&self.correlation_id),
+            "schema_version" => MetaValue::Long(i64::from(self.schema_version)),
+            _ => return None,
+        })
+    }
 }
 
 /// `LeadCaptured` data.
