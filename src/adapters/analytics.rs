@@ -61,14 +61,17 @@ impl Adapter for Analytics {
                     .map(|v| ((*f).to_string(), Json::String(v)))
             })
             .collect();
-        let Json::Object(data) = json!({
-            "event_name": t.name(),
-            "user_key": event.entity_key()?,
-            "properties": properties,
-            "timestamp": event.meta.occurred_at,
-        }) else {
-            return Ok(Vec::new());
-        };
+        // Built in place: `json!` would serialize each value again (the properties map copied
+        // whole), once per event.
+        let data: Map<String, Json> = [
+            ("event_name", Json::from(t.name())),
+            ("user_key", Json::String(event.entity_key()?)),
+            ("properties", Json::Object(properties)),
+            ("timestamp", Json::from(event.meta.occurred_at)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         Ok(vec![Command::new(
             event,
             self.name(),
