@@ -465,7 +465,13 @@ impl AvroCodec {
             retriable: false,
         };
         if let Some(id) = encoding.id(topic) {
-            let mut bytes = Vec::with_capacity(128);
+            // A datum's frame is allocated once, at its size (a command outgrew 128 bytes and was
+            // reallocated on every record).
+            let size = match body {
+                Body::Value(_) => 128,
+                Body::Datum(datum) => 5 + datum.len(),
+            };
+            let mut bytes = Vec::with_capacity(size);
             bytes.push(0);
             bytes.extend_from_slice(&id.to_be_bytes());
             match body {
