@@ -14,6 +14,8 @@
 //!   alike. The datum is what apache-avro writes for the same value (up to the order of a map's
 //!   entries); the tests pin it byte for byte and the `json_avro` fuzz target checks it.
 //! - A union tries its branches in order, and a branch that does not fit leaves no byte behind.
+//! - An envelope's meta ([`Meta`]) is written from its fields as it borrows them, to the bytes its
+//!   serde JSON object would give (`event_and_command_metas_are_written_as_serde_would`).
 
 use apache_avro::Schema;
 use apache_avro::types::Value;
@@ -264,7 +266,7 @@ impl MetaValue<'_> {
 
 /// An envelope's meta (`EventMeta`, `CommandMeta`), written field by field from what it borrows:
 /// a JSON map of owned names built for every record was 6 % of the processor's loop thread
-/// (bench/PROFILE.md). The names are the type's serde names; each type's tests check that.
+/// (bench/PROFILE.md). The names are the type's serde names (a test checks both types).
 pub trait Meta {
     /// Every field's name.
     const FIELDS: &'static [&'static str];
