@@ -21,7 +21,9 @@
 //! - Memory holds a canonical UUID key as 16 bytes and a dedupe entry as no bytes at all beyond
 //!   its slice ([`slices`]): under 40 bytes a key (`tests/dedupe_memory.rs`).
 //! - The changelog value of an entry is its [`Entry::encode`] text; a value that does not decode is
-//!   treated as a tombstone.
+//!   treated as a tombstone. The dedupe store writes a batch's ids of one partition as one record
+//!   ([`changelog`]: the first id as its key, the others after the entry in its value), which a
+//!   restore reads back as the per-key records it stands for.
 //! - Each store partition knows the changelog offset it reflects the changelog up to: the restore's
 //!   end, then one past the last changelog record of each commit ([`Store::apply`]). A stage
 //!   with a state directory writes that state and offset to a local [`checkpoint`] when the
@@ -32,6 +34,7 @@
 //!   a read or write the disk refuses is an error that ends the session, never a guess (a key
 //!   taken as unseen would be decided twice, one taken as seen would be lost).
 
+pub mod changelog;
 pub mod checkpoint;
 pub mod disk;
 mod restore;
@@ -66,6 +69,9 @@ pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
     fn pack(&self) -> Self::Packed;
     /// The entry of `packed`, kept in the slice whose last millisecond is `slice_last_ms`.
     fn unpack(packed: Self::Packed, slice_last_ms: i64) -> Self;
+    /// Whether a batch's keys of one entry may share a changelog record ([`changelog`]): only
+    /// for entries never overwritten while remembered.
+    const GROUPED: bool = false;
     /// The changelog value.
     fn encode(&self) -> String;
     /// The entry of a changelog value, if it is one.
@@ -76,6 +82,8 @@ pub trait Entry: Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static {
 /// decimal number; memory keeps only its slice, so it reads back as the slice's last millisecond.
 impl Entry for i64 {
     type Packed = ();
+    /// An id is put once and kept until it expires; a batch's ids share one timestamp.
+    const GROUPED: bool = true;
 
     fn at(&self) -> i64 {
         *self
@@ -128,12 +136,6 @@ impl<E: Entry> Change<E> {
             } => (*partition, key, Some(entry)),
             Change::Forget { partition, key } => (*partition, key, None),
         }
-    }
-
-    /// The changelog record: (partition, key, value; `None` is a tombstone).
-    pub fn record(&self) -> (i32, &str, Option<String>) {
-        let (partition, key, entry) = self.parts();
-        (partition, key, entry.map(Entry::encode))
     }
 }
 
@@ -400,23 +402,5 @@ mod tests {
         let forget = s.expired(11_249, 10).unwrap();
         s.apply(&forget, &[]).unwrap();
         assert!(s.is_empty());
-    }
-
-    #[test]
-    fn changelog_records_are_keyed_by_event_id() {
-        let seen = Change::Put {
-            partition: 3,
-            key: "e-1".to_string(),
-            entry: 42_i64,
-        };
-        assert_eq!(seen.record(), (3, "e-1", Some("42".into())));
-        assert_eq!(
-            Change::<i64>::Forget {
-                partition: 3,
-                key: "e-1".into()
-            }
-            .record(),
-            (3, "e-1", None)
-        );
     }
 }

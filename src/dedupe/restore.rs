@@ -180,11 +180,12 @@ impl Restore<'_> {
                 let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
                 };
-                let entry = m
-                    .payload()
-                    .and_then(|v| std::str::from_utf8(v).ok())
-                    .and_then(E::decode);
-                state.restore(key, entry, m.offset(), self.now)?;
+                // A value that is not text forgets its key, as one that does not decode.
+                let value = m.payload().map(|v| std::str::from_utf8(v).unwrap_or(""));
+                let (entry, keys) = super::changelog::read::<E>(key, value);
+                for key in keys {
+                    state.restore(key, entry.clone(), m.offset(), self.now)?;
+                }
                 continue;
             }
             let position = reader.position()?;

@@ -51,6 +51,8 @@ impl LedgerEntry {
 impl Entry for LedgerEntry {
     /// The ledger keeps its entries whole: its keys are few next to the dedupe store's.
     type Packed = LedgerEntry;
+    /// Not grouped: an entry is overwritten (attempting, then done).
+    const GROUPED: bool = false;
 
     fn at(&self) -> i64 {
         self.at
@@ -103,5 +105,20 @@ mod tests {
         assert_eq!(LedgerEntry::decode("done"), None);
         assert_eq!(LedgerEntry::decode("maybe:1"), None);
         assert_eq!(LedgerEntry::decode("done:x"), None);
+    }
+
+    #[test]
+    fn ledger_records_are_one_a_key_since_an_entry_is_overwritten() {
+        // A grouped record could be compacted away by a later record of its first key while
+        // another of its keys still counts (attempting, then done).
+        let put = |key: &str| crate::dedupe::Change::Put {
+            partition: 0,
+            key: key.into(),
+            entry: LedgerEntry::attempting(7),
+        };
+        let records = crate::dedupe::changelog::records(&[put("a"), put("b")]);
+        let keys: Vec<&str> = records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["a", "b"]);
+        assert_eq!(records[1].value.as_deref(), Some("attempting:7"));
     }
 }

@@ -69,16 +69,18 @@ pub fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
     r
 }
 
-/// The changelog record of a store change.
-pub(super) fn changelog_out<E: Entry>(changelog: &str, change: &Change<E>) -> Out {
-    let (partition, key, value) = change.record();
-    Out {
-        topic: changelog.to_string(),
-        partition: Some(partition),
-        key: Some(key.as_bytes().to_vec()),
-        payload: value.map(String::into_bytes),
-        headers: None,
-    }
+/// The changelog records of a batch's store changes ([`crate::dedupe::changelog`]).
+pub(super) fn changelog_outs<E: Entry>(changelog: &str, changes: &[Change<E>]) -> Vec<Out> {
+    crate::dedupe::changelog::records(changes)
+        .into_iter()
+        .map(|r| Out {
+            topic: changelog.to_string(),
+            partition: Some(r.partition),
+            key: Some(r.key.into_bytes()),
+            payload: r.value.map(String::into_bytes),
+            headers: None,
+        })
+        .collect()
 }
 
 /// Why one record failed.
@@ -317,10 +319,7 @@ impl<E: Entry> BatchCx<'_, E> {
             "precommit while a batch is committing"
         );
         if let Some(tx) = self.tx {
-            let outs: Vec<Out> = changes
-                .iter()
-                .map(|c| changelog_out(self.changelog, c))
-                .collect();
+            let outs = changelog_outs(self.changelog, &changes);
             let attempt = async {
                 tx.begin().await?;
                 let mut deliveries = Vec::with_capacity(outs.len());

@@ -19,7 +19,7 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use super::commit::{self, BatchCx, Failure, Pending, Routed, changelog_out};
+use super::commit::{self, BatchCx, Failure, Pending, Routed, changelog_outs};
 use super::committer::{Committer, Gate};
 use super::context::StageContext;
 use super::{BACKOFF, BatchError, Counts, Due, Runner, SessionError, Work};
@@ -480,12 +480,7 @@ impl<W: Work> Session<'_, W> {
                 .await;
         }
         let mut outs = std::mem::take(&mut handled.outs);
-        outs.extend(
-            handled
-                .changes
-                .iter()
-                .map(|c| changelog_out(&r.spec.changelog, c)),
-        );
+        outs.extend(changelog_outs(&r.spec.changelog, &handled.changes));
         let offsets = tracker.take().map_err(|e| BatchError::Fatal(e.into()))?;
         // A batch that defers or pauses is finished before the next poll, which must read from
         // where it rewound.
