@@ -32,6 +32,7 @@
 //! - [`console`]: the operator console (web pages and a JSON API over [`ops`]).
 //! - [`ops`]: operator verbs (`topics`, `dlq`, `offsets`, `replay`, `audit`, health) and the demo.
 //! - [`telemetry`]: structured logging set-up.
+//! - [`priority`]: a stage's helper threads below its loop on the CPU.
 
 pub mod adapters;
 pub mod codec;
@@ -43,6 +44,7 @@ pub mod ingest;
 pub mod kafka;
 pub mod model;
 pub mod ops;
+pub mod priority;
 pub mod processor;
 pub mod retry;
 pub mod stage;

@@ -50,6 +50,8 @@ pub struct ProcessorSettings {
     /// Where the dedupe store's partitions live (`store`: `memory`, the default, or `disk`, which
     /// needs a `state_dir`).
     pub store: Backend,
+    /// Steps of nice the stage's helper threads run below its loop ([`crate::priority`]).
+    pub helper_nice: i32,
 }
 
 impl ProcessorSettings {
@@ -62,6 +64,7 @@ impl ProcessorSettings {
             batch_linger: self.batch_linger,
             instance_id: self.instance_id.clone(),
             static_membership: self.static_membership,
+            helper_nice: self.helper_nice,
         }
     }
 }
@@ -99,6 +102,8 @@ pub struct DispatcherSettings {
     pub state_dir: Option<PathBuf>,
     /// Where the ledger's partitions live (`store`: `memory` or `disk`, as for the processor).
     pub store: Backend,
+    /// Steps of nice the stage's helper threads run below its loop, as for the processor.
+    pub helper_nice: i32,
 }
 
 impl DispatcherSettings {
@@ -111,6 +116,7 @@ impl DispatcherSettings {
             batch_linger: self.batch_linger,
             instance_id: self.instance_id.clone(),
             static_membership: self.static_membership,
+            helper_nice: self.helper_nice,
         }
     }
 }
@@ -135,6 +141,9 @@ pub struct StageSettings {
     pub instance_id: String,
     /// Static group membership.
     pub static_membership: bool,
+    /// Steps of nice (0 to 19; 10 by default, 0 turns it off) that the threads working for the
+    /// loop run below it: librdkafka's and the committer ([`crate::priority`]).
+    pub helper_nice: i32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -151,6 +160,7 @@ pub(super) struct RawProcessor {
     metrics_listen: Option<String>,
     state_dir: Option<String>,
     store: String,
+    helper_nice: i32,
 }
 
 impl Default for RawProcessor {
@@ -167,6 +177,7 @@ impl Default for RawProcessor {
             metrics_listen: None,
             state_dir: None,
             store: "memory".into(),
+            helper_nice: 10,
         }
     }
 }
@@ -188,6 +199,7 @@ pub(super) struct RawDispatcher {
     max_wait_ms: u64,
     state_dir: Option<String>,
     store: String,
+    helper_nice: i32,
 }
 
 impl Default for RawDispatcher {
@@ -207,6 +219,7 @@ impl Default for RawDispatcher {
             max_wait_ms: 10_000,
             state_dir: None,
             store: "memory".into(),
+            helper_nice: 10,
         }
     }
 }
@@ -291,6 +304,7 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
         )?,
         static_membership: raw.static_membership,
         metrics_listen: listen("processor.metrics_listen", raw.metrics_listen.as_deref())?,
+        helper_nice: within("processor.helper_nice", raw.helper_nice, 0..=19)?,
         state_dir,
         store,
     })
@@ -337,6 +351,7 @@ pub(super) fn validate_dispatcher(raw: RawDispatcher) -> Result<DispatcherSettin
         )?,
         static_membership: raw.static_membership,
         metrics_listen: listen("dispatcher.metrics_listen", raw.metrics_listen.as_deref())?,
+        helper_nice: within("dispatcher.helper_nice", raw.helper_nice, 0..=19)?,
         concurrency: raw.concurrency,
         connect_timeout,
         request_timeout,

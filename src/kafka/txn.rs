@@ -128,10 +128,20 @@ impl TxProducer {
         role: &str,
         transactional_id: &str,
     ) -> Result<TxProducer, TxError> {
-        let producer: FutureProducer =
-            super::client::transactional_producer(settings, role, transactional_id)
-                .create()
-                .map_err(|e| TxError::new("create producer", e))?;
+        Self::init_lowered(settings, role, transactional_id, 0).await
+    }
+
+    /// [`TxProducer::init`], with librdkafka's threads of the producer `nice` steps below the
+    /// caller ([`crate::priority`]).
+    pub async fn init_lowered(
+        settings: &KafkaSettings,
+        role: &str,
+        transactional_id: &str,
+        nice: i32,
+    ) -> Result<TxProducer, TxError> {
+        let config = super::client::transactional_producer(settings, role, transactional_id);
+        let producer: FutureProducer = crate::priority::lowered(nice, || config.create())
+            .map_err(|e| TxError::new("create producer", e))?;
         let p = TxProducer {
             inner: Arc::new(producer),
             timeout: settings.transaction_timeout,

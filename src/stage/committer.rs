@@ -77,8 +77,9 @@ pub(super) struct Committer {
 }
 
 impl Committer {
-    /// A committer thread named after `role`, and the gate a revoke waits on.
-    pub(super) fn start(role: &str) -> std::io::Result<Committer> {
+    /// A committer thread named after `role`, `nice` steps below the caller
+    /// ([`crate::priority`]), and the gate a revoke waits on.
+    pub(super) fn start(role: &str, nice: i32) -> std::io::Result<Committer> {
         let gate = Arc::new(Gate::default());
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -88,6 +89,7 @@ impl Committer {
         std::thread::Builder::new()
             .name(format!("commit {role}"))
             .spawn(move || {
+                crate::priority::lower_this_thread(nice);
                 // Ends when the session drops its committer (the sender).
                 while let Ok(job) = rx.recv() {
                     let _leave = Leave(Arc::clone(&leave));
@@ -135,7 +137,7 @@ mod tests {
 
     #[test]
     fn a_revoke_waits_until_the_job_is_done_and_a_panicking_job_still_frees_it() {
-        let c = Committer::start("test").unwrap();
+        let c = Committer::start("test", 0).unwrap();
         let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
         let go_rx = Mutex::new(go_rx);
         let done = c.submit(async move {

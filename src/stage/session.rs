@@ -81,15 +81,18 @@ pub(super) async fn run<W: Work>(
     let (tx, plain, committer) = match r.loop_settings.guarantee {
         Guarantee::ExactlyOnce => {
             let id = r.names.transactional_id(&adapter, stage, instance);
-            let tx = TxProducer::init(&r.kafka, &role, &id).await?;
-            let committer = Committer::start(&role).map_err(|e| {
+            let nice = r.loop_settings.helper_nice;
+            let tx = TxProducer::init_lowered(&r.kafka, &role, &id, nice).await?;
+            let committer = Committer::start(&role, nice).map_err(|e| {
                 warn!(error = %e, "could not start the committer thread");
                 SessionError::CommitterLost
             })?;
             (Some(tx), None, Some(committer))
         }
         Guarantee::AtLeastOnce => {
-            let p: FutureProducer = client::producer(&r.kafka, &role).create()?;
+            let config = client::producer(&r.kafka, &role);
+            let p: FutureProducer =
+                crate::priority::lowered(r.loop_settings.helper_nice, || config.create())?;
             (None, Some(p), None)
         }
     };
@@ -160,7 +163,9 @@ fn consumer<W: Work>(
         touched: Mutex::new(HashSet::new()),
         gate,
     };
-    let consumer: StageConsumer = config.create_with_context(context)?;
+    let consumer: StageConsumer = crate::priority::lowered(r.loop_settings.helper_nice, || {
+        config.create_with_context(context)
+    })?;
     let topics: Vec<&str> = r
         .spec
         .inputs
