@@ -11,6 +11,7 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -262,28 +263,40 @@ impl<W: Work> Session<'_, W> {
         let mut batch = Vec::new();
         let mut deadline: Option<tokio::time::Instant> = None;
         while batch.len() < settings.batch_max_records {
-            let committing = self.inflight.as_mut().is_some_and(|f| !f.is_done());
-            let wait = match deadline {
-                None => IDLE_POLL,
-                Some(d) => {
-                    let left = d.saturating_duration_since(tokio::time::Instant::now());
-                    match settings.batch_linger {
-                        Some(l) if !committing => l.min(left),
-                        _ => left,
+            // A record already fetched is taken at once, without a timer: the timed wait below
+            // would take it as well (a time-out polls its future first), for two clock reads and
+            // a timer a record.
+            let got = match self.consumer.recv().now_or_never() {
+                Some(got) => Ok(got),
+                None => {
+                    let committing = self.inflight.as_mut().is_some_and(|f| !f.is_done());
+                    let wait = match deadline {
+                        None => IDLE_POLL,
+                        Some(d) => {
+                            let left = d.saturating_duration_since(tokio::time::Instant::now());
+                            match settings.batch_linger {
+                                Some(l) if !committing => l.min(left),
+                                _ => left,
+                            }
+                        }
+                    };
+                    let next = tokio::time::timeout(wait, self.consumer.recv());
+                    match self.inflight.as_mut() {
+                        Some(f)
+                            if committing
+                                && deadline.is_some()
+                                && settings.batch_linger.is_some() =>
+                        {
+                            tokio::select! {
+                                biased;
+                                got = next => got,
+                                // The batch before committed: from now on the linger counts.
+                                () = f.done() => continue,
+                            }
+                        }
+                        _ => next.await,
                     }
                 }
-            };
-            let next = tokio::time::timeout(wait, self.consumer.recv());
-            let got = match self.inflight.as_mut() {
-                Some(f) if committing && deadline.is_some() && settings.batch_linger.is_some() => {
-                    tokio::select! {
-                        biased;
-                        got = next => got,
-                        // The batch before committed: from now on the linger counts.
-                        () = f.done() => continue,
-                    }
-                }
-                _ => next.await,
             };
             match got {
                 Err(_) => break,
