@@ -68,6 +68,37 @@ async fn duplicates_yield_one_command_and_still_one_after_a_restart() {
     common::cleanup_plan(&s).await;
 }
 
+/// A large batch is judged on several threads (`processor.threads`), cut into runs of records:
+/// an event and its copy in another run are still decided once, since copies within a batch are
+/// settled in the batch's order after the threads are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_split_across_threads_decides_each_event_once() {
+    let mut s = settings("shards").await;
+    s.processor.threads = 3;
+    s.processor.batch_max_records = 5_000;
+    let outbox = Names::new(&s).outbox("crm");
+    let events: Vec<Event> = (0..1_200)
+        .map(|i| lead(&format!("S-{i}"), &format!("s{i}@x.io")))
+        .collect();
+    // Every copy on the input before the processor starts: its batches are full and hold both
+    // copies of most events.
+    publish(&s, events.clone()).await;
+    publish(&s, events).await;
+
+    let running = Running::start(crm(&s));
+    await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
+    let counts = running.stop().await;
+    assert_eq!(
+        (counts.tally.ok, counts.tally.duplicate),
+        (1_200, 1_200),
+        "{counts:?}"
+    );
+    let ids = outbox_event_ids(&s, &outbox).await;
+    assert_eq!(doubles(&ids), vec![], "{counts:?}");
+    assert_eq!(ids.len(), 1_200);
+    common::cleanup_plan(&s).await;
+}
+
 /// Encodes `event` as ingest would, for producing by hand to an exact partition.
 async fn encoded(s: &Settings, codec: &AvroCodec, mut event: Event) -> Vec<u8> {
     let catalog = Catalog::builtin().unwrap();

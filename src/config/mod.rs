@@ -447,6 +447,10 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(on_disk.processor.store, crate::dedupe::Backend::Disk);
+        // Judging threads: the machine's cores, at most 4.
+        assert!((1..=4).contains(&s.processor.threads));
+        let one = Settings::from_toml_str(&format!("{MINIMAL}[processor]\nthreads = 1"));
+        assert_eq!(one.unwrap().processor.threads, 1);
     }
 
     fn err_key(toml: &str) -> String {
@@ -477,6 +481,10 @@ mod tests {
         assert_eq!(
             err_key("[topics]\npartitions = 0\n[adapters.crm]"),
             "topics.partitions"
+        );
+        assert_eq!(
+            err_key("[processor]\nthreads = 0\n[adapters.crm]"),
+            "processor.threads"
         );
         assert_eq!(
             err_key("[kafka]\nprefetch_records = 0\n[adapters.crm]"),

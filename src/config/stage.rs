@@ -52,6 +52,9 @@ pub struct ProcessorSettings {
     pub store: Backend,
     /// Steps of nice the stage's helper threads run below its loop ([`crate::priority`]).
     pub helper_nice: i32,
+    /// Threads a large batch is judged on, cut into runs of its records (`threads`; by default
+    /// the machine's cores, at most 4; 1 judges every batch on the loop's thread).
+    pub threads: usize,
 }
 
 impl ProcessorSettings {
@@ -161,6 +164,7 @@ pub(super) struct RawProcessor {
     state_dir: Option<String>,
     store: String,
     helper_nice: i32,
+    threads: Option<usize>,
 }
 
 impl Default for RawProcessor {
@@ -178,6 +182,7 @@ impl Default for RawProcessor {
             state_dir: None,
             store: "memory".into(),
             helper_nice: 10,
+            threads: None,
         }
     }
 }
@@ -305,6 +310,10 @@ pub(super) fn validate_processor(raw: RawProcessor) -> Result<ProcessorSettings,
         static_membership: raw.static_membership,
         metrics_listen: listen("processor.metrics_listen", raw.metrics_listen.as_deref())?,
         helper_nice: within("processor.helper_nice", raw.helper_nice, 0..=19)?,
+        threads: match raw.threads {
+            Some(n) => within("processor.threads", n, 1..=64)?,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get().min(4)),
+        },
         state_dir,
         store,
     })

@@ -52,9 +52,7 @@ use crate::model::datum_json::EnvelopeError;
 use crate::model::headers::{self, ErrorClass};
 use crate::retry::RetryPolicy;
 use crate::stage::fault::{FaultPlan, Point};
-use crate::stage::{
-    BatchCx, BatchError, Counts, Due, Failure, Handled, Routed, Runner, StageSpec, Work,
-};
+use crate::stage::{BatchCx, BatchError, Counts, Due, Failure, Handled, Runner, StageSpec, Work};
 use crate::telemetry::metrics;
 use calls::{Call, Outcome};
 use gate::Gate;
@@ -382,7 +380,7 @@ impl Deliver {
                     http_status: None,
                 },
             );
-            count_routed(h, routed);
+            h.push_routed(routed);
         };
         let Some(bytes) = m.payload() else {
             fail(h, ErrorClass::Decode, "record has no value");
@@ -569,7 +567,7 @@ impl Deliver {
                 http_status,
             },
         );
-        count_routed(h, routed);
+        h.push_routed(routed);
         self.forget_mark(h, d.msg, decoded);
     }
 
@@ -631,18 +629,5 @@ impl Deliver {
         warn!(adapter = self.adapter(), command_id = %command.meta.command_id,
               correlation_id = %command.meta.correlation_id, action = self.in_doubt.as_str(),
               why, "command in doubt");
-    }
-}
-
-fn count_routed(h: &mut Handled<LedgerEntry>, routed: Routed) {
-    match routed {
-        Routed::Retry(out) => {
-            h.tally.retry += 1;
-            h.outs.push(out);
-        }
-        Routed::DeadLetter(out) => {
-            h.tally.dlq += 1;
-            h.outs.push(out);
-        }
     }
 }

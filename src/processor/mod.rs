@@ -20,8 +20,12 @@
 //! - A command inherits the event record's hop count and trace context headers, and carries the
 //!   event's `received_at`, so the dispatcher can pass them on and measure end-to-end latency.
 //! - A dead-lettered event is not remembered as seen, so a replay of it is processed.
+//! - A large batch is judged on `processor.threads` threads ([`parallel`]); its result is the
+//!   one of judging its records one after the other on one thread.
 
-use std::collections::{BTreeSet, HashSet};
+mod parallel;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -69,6 +73,7 @@ impl Processor {
             catalog: Catalog::builtin()?,
             outbox: names.outbox(&name),
             adapter,
+            threads: settings.processor.threads,
         };
         let spec = StageSpec {
             stage: Stage::Process,
@@ -118,16 +123,83 @@ struct Decide {
     codec: AvroCodec,
     catalog: Catalog,
     outbox: String,
+    /// Threads a large batch is judged on ([`parallel`]).
+    threads: usize,
 }
 
-/// The (partition, event id) pairs decided earlier in the batch being handled.
-type SeenInBatch = HashSet<(i32, String), foldhash::fast::RandomState>;
-
-/// What one record came to.
+/// What one record came to, judged on its own. Whether an earlier record of the batch was the
+/// same event is settled afterwards, in the batch's order ([`settle`]). The variants are boxed: a
+/// batch's verdicts are kept until it is settled, and a span is large.
 enum Verdict {
-    Decided(Vec<Out>, Change<i64>),
+    Decided(Box<Decision>),
+    /// A duplicate of an event the store remembers.
     Duplicate,
-    Failed(Routed),
+    /// Routed to a retry tier or the DLQ; with the record's (partition, event id) when it failed
+    /// after the dedupe check (a duplicate of an event decided earlier in the batch is still one).
+    Failed(Box<Routed>, Option<(i32, String)>),
+}
+
+/// An event decided: its commands, and the span of the decision (ended once it is kept).
+struct Decision {
+    partition: i32,
+    event_id: String,
+    correlation_id: String,
+    outs: Vec<Out>,
+    span: trace::Hop,
+}
+
+impl Verdict {
+    /// The (partition, event id) an earlier decision in the batch makes this record a duplicate of.
+    fn key(&self) -> Option<(i32, &str)> {
+        match self {
+            Verdict::Decided(d) => Some((d.partition, d.event_id.as_str())),
+            Verdict::Failed(_, key) => key.as_ref().map(|(p, id)| (*p, id.as_str())),
+            Verdict::Duplicate => None,
+        }
+    }
+}
+
+/// Folds a batch's verdicts, in the batch's order, into what the batch makes. A record whose event
+/// an earlier record of the batch decided is a duplicate, whatever it was judged on its own:
+/// the batch's result is the one of deciding its records one after the other.
+fn settle(verdicts: Vec<Verdict>, now: i64, adapter: &str) -> Handled<i64> {
+    let mut h = Handled::default();
+    // The event ids decided earlier in the batch, by partition. foldhash: a batch holds at most
+    // `batch_max_records` ids, so keys chosen to collide could slow one batch, not the process.
+    let mut seen: HashMap<i32, HashSet<String, foldhash::fast::RandomState>> = HashMap::new();
+    for verdict in verdicts {
+        if let Some((partition, id)) = verdict.key()
+            && seen.get(&partition).is_some_and(|ids| ids.contains(id))
+        {
+            if let Verdict::Decided(mut d) = verdict {
+                d.span.set(trace::KeyValue::new("onceflow.duplicate", true));
+            }
+            h.tally.duplicate += 1;
+            continue;
+        }
+        match verdict {
+            Verdict::Decided(d) => {
+                let d = *d;
+                tracing::debug!(adapter, event_id = %d.event_id, correlation_id = %d.correlation_id,
+                    trace_id = crate::model::headers::trace_id(d.span.traceparent()).unwrap_or(""),
+                    commands = d.outs.len(), "event decided");
+                seen.entry(d.partition)
+                    .or_default()
+                    .insert(d.event_id.clone());
+                h.tally.outputs += d.outs.len() as u64;
+                h.tally.ok += 1;
+                h.outs.extend(d.outs);
+                h.changes.push(Change::Put {
+                    partition: d.partition,
+                    key: d.event_id,
+                    entry: now,
+                });
+            }
+            Verdict::Duplicate => h.tally.duplicate += 1,
+            Verdict::Failed(routed, _) => h.push_routed(*routed),
+        }
+    }
+    h
 }
 
 impl Work for Decide {
@@ -142,32 +214,10 @@ impl Work for Decide {
         due: &[Due<'_>],
         cx: &mut BatchCx<'_, i64>,
     ) -> Result<Handled<i64>, BatchError> {
-        let mut h = Handled::default();
-        // foldhash: a batch holds at most `batch_max_records` ids, so keys chosen to collide
-        // could slow one batch, not the process.
-        let mut seen_in_batch: SeenInBatch = HashSet::default();
-        for d in due {
-            match self.verdict(d, cx, &seen_in_batch).await? {
-                Verdict::Decided(cmds, change) => {
-                    if let Change::Put { partition, key, .. } = &change {
-                        seen_in_batch.insert((*partition, key.clone()));
-                    }
-                    h.tally.outputs += cmds.len() as u64;
-                    h.tally.ok += 1;
-                    h.outs.extend(cmds);
-                    h.changes.push(change);
-                }
-                Verdict::Duplicate => h.tally.duplicate += 1,
-                Verdict::Failed(Routed::Retry(out)) => {
-                    h.tally.retry += 1;
-                    h.outs.push(out);
-                }
-                Verdict::Failed(Routed::DeadLetter(out)) => {
-                    h.tally.dlq += 1;
-                    h.outs.push(out);
-                }
-            }
-        }
+        let cx: &BatchCx<'_, i64> = cx;
+        let verdicts =
+            parallel::map_parts(due, self.threads, |part| self.judge_all(part, cx)).await?;
+        let h = settle(verdicts, cx.now(), self.adapter.name());
         // The commands were encoded with cached schema ids: before they are committed, the
         // registry confirms it still has them (a registry that lost its schemas would otherwise
         // get commands nobody can decode). A lost id: the batch is redone and encoded anew.
@@ -213,25 +263,41 @@ fn command_headers(m: &OwnedMessage, event: &Event, traceparent: &str) -> OwnedH
 }
 
 impl Decide {
-    async fn verdict(
+    /// Judges `due`, a run of a batch's records, one after the other.
+    async fn judge_all(
         &self,
-        d: &Due<'_>,
+        due: &[Due<'_>],
         cx: &BatchCx<'_, i64>,
-        seen_in_batch: &SeenInBatch,
-    ) -> Result<Verdict, BatchError> {
+    ) -> Result<Vec<Verdict>, BatchError> {
+        let mut verdicts = Vec::with_capacity(due.len());
+        for d in due {
+            verdicts.push(self.judge(d, cx).await?);
+        }
+        Ok(verdicts)
+    }
+
+    /// Decodes, checks against the store, decides and encodes one record.
+    async fn judge(&self, d: &Due<'_>, cx: &BatchCx<'_, i64>) -> Result<Verdict, BatchError> {
         let m = d.msg;
-        let fail = |class, message: &str, correlation_id: Option<String>| {
-            Ok(Verdict::Failed(cx.fail(
+        let route = |class, message: &str, retry_after, correlation_id| {
+            cx.fail(
                 m,
                 d.envelope.as_ref(),
                 Failure {
                     class,
                     message,
-                    retry_after: None,
+                    retry_after,
                     correlation_id,
                     http_status: None,
                 },
-            )))
+            )
+        };
+        // Before the dedupe check.
+        let fail = |class, message: &str, correlation_id: Option<String>| {
+            Ok(Verdict::Failed(
+                Box::new(route(class, message, None, correlation_id)),
+                None,
+            ))
         };
         let Some(bytes) = m.payload() else {
             return fail(ErrorClass::Decode, "record has no value", None);
@@ -263,13 +329,21 @@ impl Decide {
             Err(EnvelopeError::Field(e)) => return fail(ErrorClass::Schema, &e.to_string(), None),
         };
         let partition = m.partition();
-        let id = &event.meta.event_id;
-        if cx.store().contains(partition, id, cx.now())?
-            || seen_in_batch.contains(&(partition, id.clone()))
+        if cx
+            .store()
+            .contains(partition, &event.meta.event_id, cx.now())?
         {
             return Ok(Verdict::Duplicate);
         }
+        // After it: a duplicate of an event decided earlier in the batch is one, even if it fails.
+        let key = || Some((partition, event.meta.event_id.clone()));
         let corr = Some(event.meta.correlation_id.clone());
+        let failed = |class, message: &str| {
+            Ok(Verdict::Failed(
+                Box::new(route(class, message, None, corr.clone())),
+                key(),
+            ))
+        };
         let parent = crate::model::headers::get(m.headers(), name::TRACEPARENT);
         let mut span = trace::hop(
             "onceflow.process",
@@ -284,21 +358,12 @@ impl Decide {
             Ok(c) => c,
             Err(AdapterError::Retry { after, message }) => {
                 span.fail(message.clone());
-                return Ok(Verdict::Failed(cx.fail(
-                    m,
-                    d.envelope.as_ref(),
-                    Failure {
-                        class: ErrorClass::Retryable,
-                        message: &message,
-                        retry_after: after,
-                        correlation_id: corr,
-                        http_status: None,
-                    },
-                )));
+                let routed = route(ErrorClass::Retryable, &message, after, corr.clone());
+                return Ok(Verdict::Failed(Box::new(routed), key()));
             }
             Err(AdapterError::Permanent { reason }) => {
                 span.fail(reason.clone());
-                return fail(ErrorClass::Permanent, &reason, corr);
+                return failed(ErrorClass::Permanent, &reason);
             }
         };
         let mut headers = Some(command_headers(m, &event, span.traceparent()));
@@ -306,20 +371,21 @@ impl Decide {
         let last = commands.len().saturating_sub(1);
         for (i, c) in commands.into_iter().enumerate() {
             let Some((_, schema)) = self.catalog.latest(c.command_type.schema_name()) else {
-                let msg = format!("no schema for {}", c.command_type);
-                return fail(ErrorClass::Permanent, &msg, corr);
+                return failed(
+                    ErrorClass::Permanent,
+                    &format!("no schema for {}", c.command_type),
+                );
             };
             let datum = match c.to_datum(schema) {
                 Ok(d) => d,
                 Err(e) => {
-                    let msg = format!("{}: {e}", c.command_type);
-                    return fail(ErrorClass::Permanent, &msg, corr);
+                    return failed(ErrorClass::Permanent, &format!("{}: {e}", c.command_type));
                 }
             };
             let payload = match self.codec.encode_datum(&self.outbox, schema, &datum).await {
                 Ok(b) => b,
                 Err(e) if e.is_retriable() => return Err(BatchError::Transient(e.to_string())),
-                Err(e) => return fail(ErrorClass::Permanent, &e.to_string(), corr),
+                Err(e) => return failed(ErrorClass::Permanent, &e.to_string()),
             };
             outs.push(Out {
                 topic: self.outbox.clone(),
@@ -335,17 +401,87 @@ impl Decide {
             });
         }
         span.set(trace::KeyValue::new("onceflow.commands", outs.len() as i64));
-        tracing::debug!(adapter = self.adapter.name(), event_id = %event.meta.event_id,
-            correlation_id = %event.meta.correlation_id,
-            trace_id = crate::model::headers::trace_id(span.traceparent()).unwrap_or(""),
-            commands = outs.len(), "event decided");
-        Ok(Verdict::Decided(
+        Ok(Verdict::Decided(Box::new(Decision {
+            partition,
+            event_id: event.meta.event_id,
+            correlation_id: event.meta.correlation_id,
             outs,
-            Change::Put {
-                partition,
-                key: event.meta.event_id,
-                entry: cx.now(),
-            },
-        ))
+            span,
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(topic: &str) -> Out {
+        Out {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            payload: None,
+            headers: None,
+        }
+    }
+
+    fn decided(partition: i32, id: &str) -> Verdict {
+        Verdict::Decided(Box::new(Decision {
+            partition,
+            event_id: id.into(),
+            correlation_id: "corr".into(),
+            outs: vec![out(&format!("command {id}"))],
+            span: trace::hop("test", trace::SpanKind::Consumer, None, vec![]),
+        }))
+    }
+
+    fn put(partition: i32, key: &str) -> Change<i64> {
+        Change::Put {
+            partition,
+            key: key.into(),
+            entry: 7,
+        }
+    }
+
+    #[test]
+    fn an_event_decided_earlier_in_the_batch_makes_its_later_copies_duplicates() {
+        let h = settle(
+            vec![
+                decided(0, "a"),
+                // Another partition: another dedupe partition, so another event for the store.
+                decided(1, "a"),
+                decided(0, "a"),
+                // A copy that failed on its own is still a copy.
+                Verdict::Failed(Box::new(Routed::Retry(out("retry"))), Some((0, "a".into()))),
+                Verdict::Failed(Box::new(Routed::DeadLetter(out("dlq"))), None),
+                Verdict::Duplicate,
+                decided(0, "b"),
+            ],
+            7,
+            "test",
+        );
+        let t = &h.tally;
+        assert_eq!(
+            (t.ok, t.outputs, t.duplicate, t.retry, t.dlq),
+            (3, 3, 3, 0, 1)
+        );
+        let topics: Vec<&str> = h.outs.iter().map(|o| o.topic.as_str()).collect();
+        assert_eq!(topics, ["command a", "command a", "dlq", "command b"]);
+        assert_eq!(h.changes, [put(0, "a"), put(1, "a"), put(0, "b")]);
+    }
+
+    #[test]
+    fn a_failed_record_is_not_remembered_so_a_later_copy_is_decided() {
+        let h = settle(
+            vec![
+                Verdict::Failed(Box::new(Routed::Retry(out("retry"))), Some((0, "a".into()))),
+                decided(0, "a"),
+            ],
+            7,
+            "test",
+        );
+        let t = &h.tally;
+        assert_eq!((t.ok, t.duplicate, t.retry), (1, 0, 1));
+        assert_eq!(h.changes, [put(0, "a")]);
     }
 }

@@ -273,6 +273,22 @@ impl<E> Default for Handled<E> {
     }
 }
 
+impl<E> Handled<E> {
+    /// Adds a failed record's retry or DLQ record, and counts it.
+    pub fn push_routed(&mut self, routed: Routed) {
+        match routed {
+            Routed::Retry(out) => {
+                self.tally.retry += 1;
+                self.outs.push(out);
+            }
+            Routed::DeadLetter(out) => {
+                self.tally.dlq += 1;
+                self.outs.push(out);
+            }
+        }
+    }
+}
+
 /// The stage-specific part of a transactional stage.
 pub trait Work: Send + Sync + 'static {
     /// The entries of the stage's changelog store.
