@@ -71,6 +71,15 @@ pub enum TopicDiff {
     },
 }
 
+impl TopicDiff {
+    /// The topic that differs.
+    pub fn topic(&self) -> &str {
+        match self {
+            TopicDiff::Missing { topic } | TopicDiff::Differs { topic, .. } => topic,
+        }
+    }
+}
+
 impl fmt::Display for TopicDiff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -8,6 +8,9 @@ use crate::config::Settings;
 use crate::kafka::admin::{Admin, AdminError, TopicDiff};
 use crate::kafka::names::topic_plan;
 
+/// How long `create` waits for the topics it created to be described as planned.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What `create` did and what still differs from the plan.
 #[derive(Debug)]
 pub struct CreateReport {
@@ -24,7 +27,17 @@ pub async fn create(settings: &Settings) -> Result<CreateReport, AdminError> {
     let plan = topic_plan(settings);
     let admin = Admin::new(&settings.kafka)?;
     let created = admin.create(&plan).await?;
-    let diffs = admin.check(&plan).await?;
+    let mut diffs = admin.check(&plan).await?;
+    // A broker that has not caught up with the controller yet describes a topic created a moment
+    // ago with no configs (seen on the three-broker stack): differences on the topics this run
+    // created are checked again for a while before they are reported.
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while diffs.iter().any(|d| created.iter().any(|c| c == d.topic()))
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        diffs = admin.check(&plan).await?;
+    }
     Ok(CreateReport {
         planned: plan.len(),
         created,
