@@ -43,7 +43,8 @@ use crate::model::{Event, EventType};
 use crate::retry::RetryPolicy;
 use crate::stage::fault::FaultPlan;
 use crate::stage::{
-    BatchCx, BatchError, Counts, Due, Failure, Handled, Out, Routed, Runner, StageSpec, Work,
+    BatchCx, BatchError, Counts, Due, Failure, Handled, Out, Precondition, Routed, Runner,
+    StageSpec, Work,
 };
 use crate::telemetry::{metrics, trace};
 
@@ -69,7 +70,7 @@ impl Processor {
         let names = Names::new(settings);
         let name = adapter.name().to_string();
         let work = Decide {
-            codec: AvroCodec::new(&settings.registry)?,
+            codec: Arc::new(AvroCodec::new(&settings.registry)?),
             catalog: Catalog::builtin()?,
             outbox: names.outbox(&name),
             adapter,
@@ -120,7 +121,7 @@ impl Processor {
 /// The processor's work: decode, dedupe, decide, encode.
 struct Decide {
     adapter: Arc<dyn Adapter>,
-    codec: AvroCodec,
+    codec: Arc<AvroCodec>,
     catalog: Catalog,
     outbox: String,
     /// Threads a large batch is judged on ([`parallel`]).
@@ -217,10 +218,12 @@ impl Work for Decide {
         let cx: &BatchCx<'_, i64> = cx;
         let verdicts =
             parallel::map_parts(due, self.threads, |part| self.judge_all(part, cx)).await?;
-        let h = settle(verdicts, cx.now(), self.adapter.name());
+        let mut h = settle(verdicts, cx.now(), self.adapter.name());
         // The commands were encoded with cached schema ids: before they are committed, the
         // registry confirms it still has them (a registry that lost its schemas would otherwise
-        // get commands nobody can decode). A lost id: the batch is redone and encoded anew.
+        // get commands nobody can decode). A lost id: the batch is redone and encoded anew. The
+        // stage runs the lookup while the batch waits for its transaction and is sent, not on
+        // the loop (crate::stage::precondition).
         let ids: BTreeSet<u32> = h
             .outs
             .iter()
@@ -228,10 +231,12 @@ impl Work for Decide {
             .filter_map(|o| split_wire_format(o.payload.as_deref()?).ok())
             .map(|(id, _)| id)
             .collect();
-        self.codec
-            .confirm(ids)
-            .await
-            .map_err(|e| BatchError::Transient(e.to_string()))?;
+        if !ids.is_empty() {
+            let codec = Arc::clone(&self.codec);
+            h.precondition = Some(Precondition::new(async move {
+                codec.confirm(ids).await.map_err(|e| e.to_string())
+            }));
+        }
         Ok(h)
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use super::fault::{FaultPlan, Point};
+use super::precondition::Started;
 use super::{BatchError, SessionError};
 use crate::dedupe::{Change, DiskError, Entry, Store};
 use crate::kafka::names::{Names, Stage};
@@ -352,12 +353,16 @@ async fn abort_after(tx: &TxProducer, e: TxError) -> BatchError {
 }
 
 /// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one;
-/// the (partition, offset) each of `outs` was written at in the committed transaction.
+/// the (partition, offset) each of `outs` was written at in the committed transaction. The
+/// transaction commits only once `precondition` held (it runs while the records are sent); one
+/// that failed aborts it, a transient failure of the batch.
+#[allow(clippy::too_many_arguments)] // one batch's parts
 pub(super) async fn transactional<C, X>(
     tx: &TxProducer,
     consumer: &C,
     outs: &[Out],
     offsets: &TopicPartitionList,
+    mut precondition: Option<Started>,
     fault: &FaultPlan,
     batch_no: u64,
     labels: Labels<'_>,
@@ -368,7 +373,17 @@ where
 {
     let mut last = String::new();
     for attempt in 1..=COMMIT_ATTEMPTS {
-        match once(tx, consumer, outs, offsets.clone(), fault, batch_no, labels).await {
+        let sent = once(
+            tx,
+            consumer,
+            outs,
+            offsets.clone(),
+            &mut precondition,
+            fault,
+            batch_no,
+            labels,
+        );
+        match sent.await {
             Ok(at) => return Ok(at),
             Err(BatchError::Aborted(e)) => {
                 warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
@@ -380,11 +395,13 @@ where
     Err(BatchError::Aborted(last))
 }
 
+#[allow(clippy::too_many_arguments)] // one batch's parts
 async fn once<C, X>(
     tx: &TxProducer,
     consumer: &C,
     outs: &[Out],
     offsets: TopicPartitionList,
+    precondition: &mut Option<Started>,
     fault: &FaultPlan,
     batch_no: u64,
     labels: Labels<'_>,
@@ -421,6 +438,16 @@ where
         at
     };
     let sent = body.await;
+    // Checked once: a check that held covers the batch's records in any later attempt.
+    if sent.is_ok()
+        && let Some(check) = precondition.take()
+        && let Err(e) = check.holds().await
+    {
+        return Err(match tx.abort().await {
+            Ok(()) => e,
+            Err(abort) => BatchError::Fatal(SessionError::Tx(abort)),
+        });
+    }
     if sent.is_ok() && fault.hit(Point::CrashBeforeCommit, batch_no) {
         std::process::abort();
     }

@@ -74,6 +74,9 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 pub(super) struct Committer {
     jobs: std::sync::mpsc::Sender<Job>,
     gate: Arc<Gate>,
+    /// The committer's runtime, for work a job waits for ([`super::precondition`]); it runs
+    /// while the committer runs a job.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Committer {
@@ -86,6 +89,7 @@ impl Committer {
             .enable_all()
             .build()?;
         let leave = Arc::clone(&gate);
+        let handle = runtime.handle().clone();
         std::thread::Builder::new()
             .name(format!("commit {role}"))
             .spawn(move || {
@@ -102,7 +106,16 @@ impl Committer {
                 // pool ([`crate::kafka::txn`]): not waited for.
                 runtime.shutdown_background();
             })?;
-        Ok(Committer { jobs, gate })
+        Ok(Committer {
+            jobs,
+            gate,
+            runtime: handle,
+        })
+    }
+
+    /// The committer's runtime.
+    pub(super) fn runtime(&self) -> &tokio::runtime::Handle {
+        &self.runtime
     }
 
     /// The gate a revoke waits on.

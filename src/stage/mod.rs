@@ -48,6 +48,9 @@
 //!   other keeps it: with dynamic membership the older, once fenced and having seen the newer
 //!   join; with static membership whichever is fenced twice within a minute, its producer once at
 //!   least ([`instance`]). Consumer fences alone (librdkafka's own rejoins) never stop a process.
+//! - A batch's transaction commits only after the check its work handed over held
+//!   ([`Precondition`]: the processor's schema ids confirmed by the registry); the check runs while
+//!   the batch waits for its transaction and is sent, and one that failed aborts it.
 //! - Store changes reach memory only after their transaction committed; a work may commit changes
 //!   ahead of the batch ([`BatchCx::precommit`], the dispatcher's "attempting" marks) in a
 //!   transaction of their own, without offsets.
@@ -57,6 +60,7 @@ mod committer;
 mod context;
 pub mod fault;
 pub mod instance;
+mod precondition;
 mod session;
 
 use std::future::Future;
@@ -68,6 +72,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 pub use commit::{BatchCx, COMMIT_ATTEMPTS, Failure, Out, Routed, StoreView, to_record};
+pub use precondition::Precondition;
 
 use crate::config::{KafkaSettings, StageSettings};
 use crate::dedupe::{Backend, Change, DiskError, Entry, RestoreError};
@@ -259,6 +264,8 @@ pub struct Handled<E> {
     pub pause_all_until: Option<i64>,
     /// The batch's counts.
     pub tally: Tally,
+    /// A check the batch's transaction commits only after, running meanwhile ([`Precondition`]).
+    pub precondition: Option<Precondition>,
 }
 
 impl<E> Default for Handled<E> {
@@ -269,6 +276,7 @@ impl<E> Default for Handled<E> {
             deferred: Vec::new(),
             pause_all_until: None,
             tally: Tally::default(),
+            precondition: None,
         }
     }
 }

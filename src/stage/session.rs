@@ -438,6 +438,14 @@ impl<W: Work> Session<'_, W> {
         let handled = r.work.handle(&due, &mut cx).await;
         counts.time.handling += started.elapsed();
         let mut handled = handled?;
+        // The work's check before the commit starts now, on the committer's runtime, and runs
+        // while the batch before this one commits (super::precondition). At-least-once runs it
+        // before writing.
+        let mut precondition = handled.precondition.take();
+        let check = match &self.committer {
+            Some(c) => precondition.take().map(|p| p.start(c.runtime())),
+            None => None,
+        };
         for (m, dropped) in &unreadable {
             let message = format!(
                 "{dropped} header name(s) are not UTF-8; rdkafka cannot read them, so they were dropped"
@@ -516,7 +524,7 @@ impl<W: Work> Session<'_, W> {
         match (&self.tx, &self.plain) {
             (Some(tx), _) => {
                 let tx = tx.clone();
-                self.submit(&tx, outs, offsets, after, first_offsets(batch))?;
+                self.submit(&tx, outs, offsets, check, after, first_offsets(batch))?;
                 if settle_now {
                     self.finish(counts).await?;
                 }
@@ -526,6 +534,9 @@ impl<W: Work> Session<'_, W> {
             // too low only makes a checkpoint's catch-up longer).
             (None, Some(plain)) => {
                 let started = Instant::now();
+                if let Some(p) = precondition {
+                    p.holds().await?;
+                }
                 commit::at_least_once(plain, Arc::clone(&self.consumer), &outs, offsets).await?;
                 let committed = Committed {
                     changelog_at: Vec::new(),

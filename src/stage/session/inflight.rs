@@ -25,6 +25,7 @@ use crate::dedupe::Change;
 use crate::kafka::txn::TxProducer;
 use crate::stage::commit::{self, Out, Pending};
 use crate::stage::fault::{self, FaultPlan, Point};
+use crate::stage::precondition::Started;
 use crate::stage::{BatchError, Counts, SessionError, Tally, Work};
 
 /// What is left to do for a batch once its transaction committed.
@@ -92,6 +93,7 @@ async fn transaction(
     consumer: Arc<StageConsumer>,
     outs: Vec<Out>,
     offsets: TopicPartitionList,
+    precondition: Option<Started>,
     fault: FaultPlan,
     batch_no: u64,
     labels: (String, &'static str),
@@ -106,6 +108,7 @@ async fn transaction(
         consumer.as_ref(),
         &outs,
         &offsets,
+        precondition,
         &fault,
         batch_no,
         (&labels.0, labels.1),
@@ -131,6 +134,7 @@ impl<W: Work> Session<'_, W> {
         tx: &TxProducer,
         outs: Vec<Out>,
         offsets: TopicPartitionList,
+        precondition: Option<Started>,
         after: AfterCommit<W::Entry>,
         redo_from: BTreeMap<(String, i32), i64>,
     ) -> Result<(), BatchError> {
@@ -144,6 +148,7 @@ impl<W: Work> Session<'_, W> {
             Arc::clone(&self.consumer),
             outs,
             offsets,
+            precondition,
             r.fault,
             after.batch_no,
             (r.adapter().to_string(), r.spec.stage.as_str()),
