@@ -169,24 +169,40 @@ impl TxProducer {
     where
         F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
     {
+        self.started(op, call_timeout, f).await
+    }
+
+    /// [`TxProducer::blocking_within`], with the call started before this returns (not when
+    /// the future is first polled).
+    fn started<F>(
+        &self,
+        op: &'static str,
+        call_timeout: Duration,
+        f: F,
+    ) -> impl std::future::Future<Output = Result<(), TxError>> + Send + 'static
+    where
+        F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
+    {
         let inner = Arc::clone(&self.inner);
         let timeout = self.timeout;
         let call = tokio::task::spawn_blocking(move || f(&inner, timeout));
-        let unusable = TxError {
-            op,
-            kind: TxErrorKind::Fatal,
-            source: KafkaError::Canceled,
-        };
-        match tokio::time::timeout(call_timeout + STUCK_GRACE, call).await {
-            Ok(Ok(result)) => result.map_err(|e| TxError::new(op, e)),
-            // The closure panicked or the runtime is shutting down: nothing about the transaction is
-            // known, so treat the producer as unusable.
-            Ok(Err(_)) => Err(unusable),
-            Err(_) => {
-                tracing::error!(op, waited = ?(call_timeout + STUCK_GRACE),
-                    "librdkafka did not return from a transactional call within its time-out \
-                     (librdkafka #5456, #5511); abandoning this producer");
-                Err(unusable)
+        async move {
+            let unusable = TxError {
+                op,
+                kind: TxErrorKind::Fatal,
+                source: KafkaError::Canceled,
+            };
+            match tokio::time::timeout(call_timeout + STUCK_GRACE, call).await {
+                Ok(Ok(result)) => result.map_err(|e| TxError::new(op, e)),
+                // The closure panicked or the runtime is shutting down: nothing about the
+                // transaction is known, so treat the producer as unusable.
+                Ok(Err(_)) => Err(unusable),
+                Err(_) => {
+                    tracing::error!(op, waited = ?(call_timeout + STUCK_GRACE),
+                        "librdkafka did not return from a transactional call within its time-out \
+                         (librdkafka #5456, #5511); abandoning this producer");
+                    Err(unusable)
+                }
             }
         }
     }
@@ -208,16 +224,17 @@ impl TxProducer {
             .map_err(|(e, _)| TxError::new("send", e))
     }
 
-    /// Adds the consumer's offsets to the open transaction.
-    pub async fn send_offsets(
+    /// Adds the consumer's offsets to the open transaction. The call starts at once, so records
+    /// may be sent while its requests (AddOffsetsToTxn, TxnOffsetCommit) are under way; no other
+    /// transactional call may be made before the returned future is done.
+    pub fn send_offsets(
         &self,
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
-    ) -> Result<(), TxError> {
-        self.blocking("send_offsets_to_transaction", move |p, t| {
+    ) -> impl std::future::Future<Output = Result<(), TxError>> + Send + 'static {
+        self.started("send_offsets_to_transaction", self.timeout, move |p, t| {
             p.send_offsets_to_transaction(&offsets, &group, t)
         })
-        .await
     }
 
     /// Commits the open transaction (flushing every enqueued record first).

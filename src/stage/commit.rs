@@ -415,13 +415,9 @@ where
         TxErrorKind::Fatal => BatchError::Fatal(e.into()),
         _ => BatchError::Aborted(e.to_string()),
     })?;
-    let mut phases = [Duration::ZERO; 3];
+    let mut phases = [Duration::ZERO; 4];
     let body = async {
         phases[0] = t0.elapsed();
-        let mut deliveries = Vec::with_capacity(outs.len());
-        for o in outs {
-            deliveries.push(tx.send(to_record(o))?);
-        }
         let group = group_metadata(consumer).map_err(|e| TxError {
             op: "group_metadata",
             kind: TxErrorKind::Abortable,
@@ -431,7 +427,25 @@ where
             tx.send_offsets_hanging(tx.timeout() + Duration::from_secs(60))
                 .await?;
         }
-        tx.send_offsets(offsets, group).await?;
+        // The offsets first: their round trips to the coordinators go on while the records are
+        // enqueued, rather than after them. A failed send still waits for that call, so that
+        // the abort after it is the only transactional call in progress.
+        let offsets_sent = tx.send_offsets(offsets, group);
+        let mut deliveries = Vec::with_capacity(outs.len());
+        let mut enqueued = Ok(());
+        for o in outs {
+            match tx.send(to_record(o)) {
+                Ok(d) => deliveries.push(d),
+                Err(e) => {
+                    enqueued = Err(e);
+                    break;
+                }
+            }
+        }
+        phases[3] = t0.elapsed();
+        let offsets_sent = offsets_sent.await;
+        enqueued?;
+        offsets_sent?;
         phases[1] = t0.elapsed();
         let at = await_deliveries(deliveries).await;
         phases[2] = t0.elapsed();
@@ -465,6 +479,7 @@ where
                 stage = labels.1,
                 records = outs.len(),
                 begin_ms = phases[0].as_millis(),
+                enqueued_ms = phases[3].as_millis(),
                 offsets_ms = phases[1].as_millis(),
                 delivered_ms = phases[2].as_millis(),
                 committed_ms = t0.elapsed().as_millis(),
