@@ -164,14 +164,32 @@ impl Verdict {
 /// an earlier record of the batch decided is a duplicate, whatever it was judged on its own:
 /// the batch's result is the one of deciding its records one after the other.
 fn settle(verdicts: Vec<Verdict>, now: i64, adapter: &str) -> Handled<i64> {
+    // First, borrowing the ids: which records repeat an event an earlier record of the batch
+    // decided. foldhash: a batch holds at most `batch_max_records` ids, so keys chosen to collide
+    // could slow one batch, not the process.
+    let mut seen: HashMap<i32, HashSet<&str, foldhash::fast::RandomState>> = HashMap::new();
+    let repeats: Vec<bool> = verdicts
+        .iter()
+        .map(|verdict| {
+            let Some((partition, id)) = verdict.key() else {
+                return false;
+            };
+            let ids = seen.entry(partition).or_default();
+            if ids.contains(id) {
+                return true;
+            }
+            if matches!(verdict, Verdict::Decided(_)) {
+                ids.insert(id);
+            }
+            false
+        })
+        .collect();
+    drop(seen);
     let mut h = Handled::default();
-    // The event ids decided earlier in the batch, by partition. foldhash: a batch holds at most
-    // `batch_max_records` ids, so keys chosen to collide could slow one batch, not the process.
-    let mut seen: HashMap<i32, HashSet<String, foldhash::fast::RandomState>> = HashMap::new();
-    for verdict in verdicts {
-        if let Some((partition, id)) = verdict.key()
-            && seen.get(&partition).is_some_and(|ids| ids.contains(id))
-        {
+    h.outs.reserve(verdicts.len());
+    h.changes.reserve(verdicts.len());
+    for (verdict, repeat) in verdicts.into_iter().zip(repeats) {
+        if repeat {
             if let Verdict::Decided(mut d) = verdict {
                 d.span.set(trace::KeyValue::new("onceflow.duplicate", true));
             }
@@ -179,20 +197,17 @@ fn settle(verdicts: Vec<Verdict>, now: i64, adapter: &str) -> Handled<i64> {
             continue;
         }
         match verdict {
-            Verdict::Decided(d) => {
-                let d = *d;
+            // Taken apart in its box: a decision holds a span, too large to move by value.
+            Verdict::Decided(mut d) => {
                 tracing::debug!(adapter, event_id = %d.event_id, correlation_id = %d.correlation_id,
                     trace_id = crate::model::headers::trace_id(d.span.traceparent()).unwrap_or(""),
                     commands = d.outs.len(), "event decided");
-                seen.entry(d.partition)
-                    .or_default()
-                    .insert(d.event_id.clone());
                 h.tally.outputs += d.outs.len() as u64;
                 h.tally.ok += 1;
-                h.outs.extend(d.outs);
+                h.outs.append(&mut d.outs);
                 h.changes.push(Change::Put {
                     partition: d.partition,
-                    key: d.event_id,
+                    key: std::mem::take(&mut d.event_id),
                     entry: now,
                 });
             }
