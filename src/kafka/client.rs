@@ -126,7 +126,11 @@ pub fn transactional_producer(
         // Requests the coordinator answers with CONCURRENT_TRANSACTIONS (the last transaction's
         // markers still being written) are retried after 10 ms, not librdkafka's 100 ms; other
         // retries back off exponentially from there as before (retry.backoff.max.ms).
-        .set(key::RETRY_BACKOFF_MS, "10");
+        .set(key::RETRY_BACKOFF_MS, "10")
+        // A stage enqueues a whole batch and then waits for every delivery before it commits: a
+        // linger only held back the batch's last produce requests (about 4 ms a transaction in
+        // bench/PROCESSOR.md), and batching comes from the requests in flight meanwhile.
+        .set(key::LINGER_MS, "0");
     c
 }
 
@@ -215,6 +219,9 @@ mod tests {
         // writing that one's markers (CONCURRENT_TRANSACTIONS): librdkafka's 100 ms default
         // backoff was most of the outbox p99 at 2 000 events/s (bench/DELIVERY.md).
         assert_eq!(c.get(key::RETRY_BACKOFF_MS), Some("10"));
+        // A transaction's records go at once; a plain producer (the intake's) lingers to batch.
+        assert_eq!(c.get(key::LINGER_MS), Some("0"));
+        assert_eq!(producer(&kafka(), "intake").get(key::LINGER_MS), Some("5"));
     }
 
     #[test]
