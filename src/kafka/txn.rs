@@ -155,29 +155,15 @@ impl TxProducer {
     where
         F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
     {
-        self.blocking_within(op, self.timeout, f).await
+        self.started(op, f).await
     }
 
-    /// Runs `f` (given the producer and the transaction time-out) on the blocking pool, waiting
-    /// at most `call_timeout` (the time-out `f` passes to librdkafka) plus [`STUCK_GRACE`].
-    async fn blocking_within<F>(
-        &self,
-        op: &'static str,
-        call_timeout: Duration,
-        f: F,
-    ) -> Result<(), TxError>
-    where
-        F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
-    {
-        self.started(op, call_timeout, f).await
-    }
-
-    /// [`TxProducer::blocking_within`], with the call started before this returns (not when
-    /// the future is first polled).
+    /// Starts `f` (given the producer and the transaction time-out) on the blocking pool now (not
+    /// when the future is first polled); the future waits for it at most that time-out plus
+    /// [`STUCK_GRACE`].
     fn started<F>(
         &self,
         op: &'static str,
-        call_timeout: Duration,
         f: F,
     ) -> impl std::future::Future<Output = Result<(), TxError>> + Send + 'static
     where
@@ -192,13 +178,13 @@ impl TxProducer {
                 kind: TxErrorKind::Fatal,
                 source: KafkaError::Canceled,
             };
-            match tokio::time::timeout(call_timeout + STUCK_GRACE, call).await {
+            match tokio::time::timeout(timeout + STUCK_GRACE, call).await {
                 Ok(Ok(result)) => result.map_err(|e| TxError::new(op, e)),
                 // The closure panicked or the runtime is shutting down: nothing about the
                 // transaction is known, so treat the producer as unusable.
                 Ok(Err(_)) => Err(unusable),
                 Err(_) => {
-                    tracing::error!(op, waited = ?(call_timeout + STUCK_GRACE),
+                    tracing::error!(op, waited = ?(timeout + STUCK_GRACE),
                         "librdkafka did not return from a transactional call within its time-out \
                          (librdkafka #5456, #5511); abandoning this producer");
                     Err(unusable)
@@ -232,7 +218,7 @@ impl TxProducer {
         offsets: TopicPartitionList,
         group: ConsumerGroupMetadata,
     ) -> impl std::future::Future<Output = Result<(), TxError>> + Send + 'static {
-        self.started("send_offsets_to_transaction", self.timeout, move |p, t| {
+        self.started("send_offsets_to_transaction", move |p, t| {
             p.send_offsets_to_transaction(&offsets, &group, t)
         })
     }
