@@ -8,6 +8,9 @@
 //!   runtime. A revoke, which librdkafka hands to the consumer's poll on a worker of the stage's
 //!   runtime, can therefore wait for it ([`Gate::wait_idle`]) without starving it, whatever that
 //!   runtime's flavour and however many of its workers wait.
+//! - That runtime runs between jobs too, not only while one runs: work a job will wait for,
+//!   spawned on it ahead of the job ([`super::precondition`]), goes on while the committer is
+//!   idle, as that module promises.
 //! - The gate is busy from a job's submission until its transaction is settled (committed,
 //!   aborted, given up, or its job panicked): no partition is revoked while records, changelog
 //!   entries or offsets of it are in a transaction still open. The new owner then restores a
@@ -20,7 +23,8 @@ use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 /// Busy while a transaction is in the committer's hands.
@@ -72,10 +76,10 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// A session's committer thread.
 pub(super) struct Committer {
-    jobs: std::sync::mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
     gate: Arc<Gate>,
     /// The committer's runtime, for work a job waits for ([`super::precondition`]); it runs
-    /// while the committer runs a job.
+    /// as long as the committer does.
     runtime: tokio::runtime::Handle,
 }
 
@@ -84,7 +88,7 @@ impl Committer {
     /// ([`crate::priority`]), and the gate a revoke waits on.
     pub(super) fn start(role: &str, nice: i32) -> std::io::Result<Committer> {
         let gate = Arc::new(Gate::default());
-        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -95,13 +99,18 @@ impl Committer {
             .spawn(move || {
                 crate::priority::lower_this_thread(nice);
                 // Ends when the session drops its committer (the sender).
-                while let Ok(job) = rx.recv() {
-                    let _leave = Leave(Arc::clone(&leave));
-                    let run = std::panic::AssertUnwindSafe(|| runtime.block_on(job));
-                    if std::panic::catch_unwind(run).is_err() {
-                        tracing::error!("a transaction's job panicked");
+                runtime.block_on(async {
+                    while let Some(job) = rx.recv().await {
+                        let _leave = Leave(Arc::clone(&leave));
+                        if std::panic::AssertUnwindSafe(job)
+                            .catch_unwind()
+                            .await
+                            .is_err()
+                        {
+                            tracing::error!("a transaction's job panicked");
+                        }
                     }
-                }
+                });
                 // A call abandoned past its time-out may still block a thread of this runtime's
                 // pool ([`crate::kafka::txn`]): not waited for.
                 runtime.shutdown_background();
@@ -176,5 +185,19 @@ mod tests {
         );
         c.gate().wait_idle();
         assert_eq!(c.submit(async { 8 }).blocking_recv().unwrap(), 8);
+    }
+
+    #[test]
+    fn work_spawned_on_the_committers_runtime_goes_on_while_no_job_runs() {
+        let c = Committer::start("test", 0).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        c.runtime().spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            tx.send(()).unwrap();
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the spawned work waited for a job"
+        );
     }
 }
