@@ -251,10 +251,48 @@ async fn a_verifying_codec_registers_again_a_schema_the_registry_lost() {
     drop(registry);
 }
 
-/// Registers `n` unrelated schemas, so that the ids registered after them start past them.
-async fn register_others(url: &str, n: usize) {
+/// The same with a restarted registry that gave the lost id to an unrelated schema: the id
+/// exists, but the verifying codec compares the registry's schema under it with the record's,
+/// registers the schema again and encodes with an id that decodes as the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verifying_codec_never_encodes_under_an_id_the_registry_gave_another_schema() {
+    let mut s = common::settings();
+    let dir = std::env::temp_dir().join(format!("onceflow-registry-v-{}", s.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = Forgetful::start(common::free_port(), &dir);
+    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
+    let schema = lead_v1();
+    let topic = &s.topics.inputs[0];
+    let codec = AvroCodec::verifying(&s.registry).unwrap();
+    let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().unwrap());
+    let first = codec
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+
+    let registry = registry.restart();
+    register_others(&s.registry.url, 0, 3).await;
+    let other = registry_gives(&s, id(&first)).await.unwrap();
+    assert!(other.starts_with("Other"), "the id names {other}");
+    let again = codec
+        .encode(topic, &schema, common::lead_v1_value())
+        .await
+        .unwrap();
+    assert_ne!(id(&again), id(&first));
+    let decoded = AvroCodec::new(&s.registry)
+        .unwrap()
+        .decode(&again)
+        .await
+        .unwrap();
+    assert_eq!(decoded.record_name.as_deref(), Some(schema.full_name()));
+    drop(registry);
+}
+
+/// Registers `n` unrelated schemas (`Other{from}`, …), so that the ids registered after them start
+/// past them.
+async fn register_others(url: &str, from: usize, n: usize) {
     let http = reqwest::Client::new();
-    for i in 0..n {
+    for i in from..from + n {
         let schema = format!(r#"{{"type":"record","name":"Other{i}","fields":[]}}"#);
         let answer = http
             .post(format!("{url}/subjects/other-{i}-value/versions"))
@@ -271,20 +309,28 @@ async fn register_others(url: &str, n: usize) {
     }
 }
 
-/// The processor encodes commands with schema ids it cached; a registry that lost its schemas
-/// while the processor runs must not get commands nobody can decode. Before each commit the
-/// registry confirms the batch's ids; a lost one makes the batch be redone, registering again.
-/// Unrelated schemas registered first put the command schema's first id past every id the
-/// restarted registry hands out, so a command committed with it stays undecodable.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_processor_never_commits_a_command_whose_schema_the_registry_lost() {
+/// Runs the CRM processor over 20 leads, restarts its (forgetful) registry, registers `others`
+/// unrelated schemas on the restarted one, and runs it over 20 more; the commands on the outbox
+/// (read committed) and the schema id the processor had cached for them before the restart.
+/// `others_first` unrelated schemas are registered before anything else. The registry is handed
+/// back running.
+async fn processor_across_a_registry_restart(
+    tag: &str,
+    others_first: usize,
+    others: usize,
+) -> (
+    onceflow::config::Settings,
+    Forgetful,
+    Vec<common::RawRec>,
+    u32,
+) {
     let mut s = common::settings();
-    s.processor.instance_id = "forgetful".into();
-    let dir = std::env::temp_dir().join(format!("onceflow-registry-p-{}", s.namespace));
+    s.processor.instance_id = tag.into();
+    let dir = std::env::temp_dir().join(format!("onceflow-registry-{tag}-{}", s.namespace));
     std::fs::create_dir_all(&dir).unwrap();
     let registry = Forgetful::start(common::free_port(), &dir);
     s.registry.url = format!("http://127.0.0.1:{}", registry.port);
-    register_others(&s.registry.url, 5).await;
+    register_others(&s.registry.url, 0, others_first).await;
     common::create_plan(&s).await;
     let names = onceflow::kafka::names::Names::new(&s);
     let group = names.group("crm", onceflow::kafka::names::Stage::Process);
@@ -294,48 +340,102 @@ async fn a_running_processor_never_commits_a_command_whose_schema_the_registry_l
             .map(|i| common::lead(&format!("F-{i}"), &format!("f{i}@x.io")))
             .collect()
     };
-    let running = common::Running::start(common::crm(&s));
-    common::publish(&s, leads(0)).await;
-    let limit = std::time::Duration::from_secs(90);
-    common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
-    let before = {
+    let read = |s: &onceflow::config::Settings| {
         let (s2, t) = (s.clone(), outbox.clone());
         tokio::task::spawn_blocking(move || {
             common::read_all_bytes(&s2, &t, onceflow::kafka::client::Isolation::ReadCommitted)
         })
-        .await
-        .unwrap()
-        .len()
     };
-    assert_eq!(before, 20);
+    let running = common::Running::start(common::crm(&s));
+    common::publish(&s, leads(0)).await;
+    let limit = std::time::Duration::from_secs(90);
+    common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
+    let before = read(&s).await.unwrap();
+    assert_eq!(before.len(), 20);
+    let cached = u32::from_be_bytes(before[0].value[1..5].try_into().unwrap());
 
-    // The registry forgets everything; the producer registers the event schema again.
+    // The registry forgets everything; others register first; the producer registers the event
+    // schema again.
     let registry = registry.restart();
+    register_others(&s.registry.url, others_first, others).await;
     common::publish(&s, leads(20)).await;
     common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
     running.stop().await;
 
-    let (s2, t) = (s.clone(), outbox.clone());
-    let records = tokio::task::spawn_blocking(move || {
-        common::read_all_bytes(&s2, &t, onceflow::kafka::client::Isolation::ReadCommitted)
-    })
-    .await
-    .unwrap();
+    let records = read(&s).await.unwrap();
     assert_eq!(records.len(), 40);
+    common::cleanup_plan(&s).await;
+    let after = records
+        .into_iter()
+        .filter(|r| {
+            // The 20 commands written before the registry forgot them are beyond help.
+            !(0..20).any(|i| r.key == records_key(i))
+        })
+        .collect();
+    (s, registry, after, cached)
+}
+
+/// What the registry now gives for schema id `id`: its record's name, or `None` (404).
+async fn registry_gives(s: &onceflow::config::Settings, id: u32) -> Option<String> {
+    let answer = reqwest::get(format!("{}/schemas/ids/{id}", s.registry.url))
+        .await
+        .unwrap();
+    if answer.status() == reqwest::StatusCode::NOT_FOUND {
+        return None;
+    }
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let schema = apache_avro::Schema::parse_str(body["schema"].as_str().unwrap()).unwrap();
+    Some(schema.name().unwrap().fullname(None))
+}
+
+/// Decodes every command written after the restart; each must be a CRM command.
+async fn assert_commands_decode(s: &onceflow::config::Settings, after: &[common::RawRec]) {
+    assert_eq!(after.len(), 20);
     let codec = AvroCodec::new(&s.registry).unwrap();
-    let mut after = 0;
-    for r in records.iter().filter(|r| {
-        // The 20 commands written before the registry forgot them are beyond help.
-        !(0..20).any(|i| r.key == records_key(i))
-    }) {
-        codec.decode(&r.value).await.unwrap_or_else(|e| {
+    for r in after {
+        let decoded = codec.decode(&r.value).await.unwrap_or_else(|e| {
             panic!("a command committed after the registry lost its schemas does not decode: {e}")
         });
-        after += 1;
+        assert_eq!(
+            decoded.record_name.as_deref(),
+            Some("io.onceflow.commands.CrmUpsertContact"),
+            "a command committed after the registry lost its schemas decodes as another record"
+        );
     }
-    assert_eq!(after, 20);
+}
+
+/// The processor encodes commands with schema ids it cached; a registry that lost its schemas
+/// while the processor runs must not get commands nobody can decode. Before each commit the
+/// registry confirms the batch's ids; a lost one makes the batch be redone, registering again.
+/// Unrelated schemas registered first put the command schema's first id past every id the
+/// restarted registry hands out, so a command committed with it stays undecodable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_processor_never_commits_a_command_whose_schema_the_registry_lost() {
+    let (s, registry, after, cached) = processor_across_a_registry_restart("forgetful", 5, 0).await;
+    assert_eq!(registry_gives(&s, cached).await, None, "the id is lost");
+    assert_commands_decode(&s, &after).await;
     drop(registry);
-    common::cleanup_plan(&s).await;
+}
+
+/// The same, but the restarted registry hands the command schema's cached id to an unrelated
+/// schema before the processor asks: the id exists, and a command committed with it would
+/// decode as that other record. The confirmation compares the registry's schema under the id
+/// with the command's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_processor_never_commits_a_command_under_an_id_the_registry_gave_another_schema()
+{
+    let (s, registry, after, cached) =
+        processor_across_a_registry_restart("reassigned", 0, 5).await;
+    let other = registry_gives(&s, cached).await.unwrap();
+    assert!(other.starts_with("Other"), "the id names {other}");
+    assert!(
+        after
+            .iter()
+            .all(|r| u32::from_be_bytes(r.value[1..5].try_into().unwrap()) != cached),
+        "a command was committed under the id {cached} the registry gave another schema"
+    );
+    assert_commands_decode(&s, &after).await;
+    drop(registry);
 }
 
 /// The entity key (the record key) of lead `F-i`.

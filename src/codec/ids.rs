@@ -1,7 +1,9 @@
-//! Schema ids the registry still has. A registry that lost its schemas (its storage wiped or
-//! replaced) leaves every cached id dangling: records encoded with one decode nowhere. Before a
-//! record is acknowledged, [`Verifier::check`] confirms its id with a lookup that *started after*
-//! the record was encoded.
+//! Schema ids the registry still gives to the schema a record was encoded with. A registry that
+//! lost its schemas (its storage wiped or replaced) leaves every cached id dangling, or hands it
+//! to the next schema registered there: records encoded with it decode nowhere, or as something
+//! else. Before a record is acknowledged, [`Verifier::check`] confirms its id with a lookup that
+//! *started after* the record was encoded, and compares the schema the registry gives for it
+//! with the record's (their Avro parsing canonical forms).
 //!
 //! Invariants:
 //! - One lookup in flight per id. Concurrent checks queue behind it and a lookup covers every
@@ -12,6 +14,8 @@
 //!   of an intake at 2 000 requests/s kept the registry and its database at a third of a core of
 //!   this 2-core machine, and every stage waited for CPU (bench/DELIVERY.md). A lone request
 //!   after a quiet spell does not wait.
+//! - An id is [`Check::Known`] only if the registry's schema under it has the canonical form of
+//!   the record's schema; one it cannot parse as Avro counts as another schema.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,10 +28,12 @@ use super::CodecError;
 /// What the registry says of an id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Check {
-    /// It has the id.
+    /// It has the id, for the record's schema.
     Known,
     /// It does not (404): the id is dangling.
     Gone,
+    /// It gives the id to another schema (registered after it lost the record's).
+    Other,
 }
 
 /// The least time between the starts of two lookups of one id.
@@ -48,8 +54,41 @@ pub struct Verifier {
 struct Lookups {
     /// When the last successful lookup started.
     confirmed: Option<Instant>,
+    /// The canonical form of the schema that lookup found (`None`: not an Avro schema).
+    schema: Option<String>,
     /// When the last lookup, successful or not, started.
     started: Option<Instant>,
+}
+
+impl Lookups {
+    /// What the last successful lookup says of a record whose schema's canonical form is
+    /// `expected`.
+    fn says(&self, expected: &str) -> Check {
+        match &self.schema {
+            Some(found) if found == expected => Check::Known,
+            _ => Check::Other,
+        }
+    }
+}
+
+/// The registry's answer for one id.
+#[derive(serde::Deserialize)]
+struct Answer {
+    schema: String,
+    #[serde(rename = "schemaType")]
+    schema_type: Option<String>,
+}
+
+impl Answer {
+    /// The canonical form of the schema, if it is an Avro one.
+    fn canonical(&self) -> Option<String> {
+        if self.schema_type.as_deref().is_some_and(|t| t != "AVRO") {
+            return None;
+        }
+        apache_avro::Schema::parse_str(&self.schema)
+            .ok()
+            .map(|s| s.canonical_form())
+    }
 }
 
 impl Verifier {
@@ -71,15 +110,21 @@ impl Verifier {
         }
     }
 
-    /// Whether the registry has `id`, by a lookup that started at or after `encoded_at`.
-    pub async fn check(&self, id: u32, encoded_at: Instant) -> Result<Check, CodecError> {
+    /// Whether the registry has `id` for the schema whose canonical form is `expected`, by a
+    /// lookup that started at or after `encoded_at`.
+    pub async fn check(
+        &self,
+        id: u32,
+        expected: &str,
+        encoded_at: Instant,
+    ) -> Result<Check, CodecError> {
         let slot = {
             let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
             Arc::clone(ids.entry(id).or_default())
         };
         let mut last = slot.lock().await;
         if last.confirmed.is_some_and(|t| t >= encoded_at) {
-            return Ok(Check::Known);
+            return Ok(last.says(expected));
         }
         if let Some(previous) = last.started {
             tokio::time::sleep_until(previous + self.gap).await;
@@ -99,11 +144,16 @@ impl Verifier {
             .map_err(|e| unavailable(format!("checking it with the registry: {e}")))?;
         match answer.status().as_u16() {
             200 => {
+                let found: Answer = answer.json().await.map_err(|e| {
+                    unavailable(format!("reading the registry's answer for it: {e}"))
+                })?;
                 last.confirmed = Some(started);
-                Ok(Check::Known)
+                last.schema = found.canonical();
+                Ok(last.says(expected))
             }
             404 => {
                 last.confirmed = None;
+                last.schema = None;
                 Ok(Check::Gone)
             }
             status => Err(unavailable(format!(
@@ -117,8 +167,18 @@ impl Verifier {
 mod tests {
     use super::*;
 
-    /// A registry that knows every id and notes when each lookup arrived.
-    async fn registry() -> (String, Arc<Mutex<Vec<Instant>>>) {
+    const LEAD: &str =
+        r#"{"type":"record","name":"Lead","fields":[{"name":"id","type":"string"}]}"#;
+
+    /// The canonical form of `schema`.
+    fn canonical(schema: &str) -> String {
+        apache_avro::Schema::parse_str(schema)
+            .unwrap()
+            .canonical_form()
+    }
+
+    /// A registry that gives every id to `schema` and notes when each lookup arrived.
+    async fn registry_of(schema: &'static str) -> (String, Arc<Mutex<Vec<Instant>>>) {
         let arrivals = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&arrivals);
         let app = axum::Router::new().route(
@@ -127,7 +187,7 @@ mod tests {
                 let seen = Arc::clone(&seen);
                 async move {
                     seen.lock().unwrap().push(Instant::now());
-                    "{}"
+                    axum::Json(serde_json::json!({ "schema": schema }))
                 }
             }),
         );
@@ -137,15 +197,22 @@ mod tests {
         (url, arrivals)
     }
 
-    /// Checks of records encoded every millisecond for 200 ms; each check's encoding time and
-    /// the time its answer came.
+    /// A registry that gives every id to [`LEAD`].
+    async fn registry() -> (String, Arc<Mutex<Vec<Instant>>>) {
+        registry_of(LEAD).await
+    }
+
+    /// Checks of [`LEAD`] records encoded every millisecond for 200 ms; each check's encoding
+    /// time and the time its answer came.
     async fn busy(verifier: Arc<Verifier>) -> Vec<(Instant, Instant)> {
+        let expected = Arc::new(canonical(LEAD));
         let mut tasks = Vec::new();
         for _ in 0..200 {
             let v = Arc::clone(&verifier);
+            let expected = Arc::clone(&expected);
             tasks.push(tokio::spawn(async move {
                 let encoded = Instant::now();
-                assert_eq!(v.check(7, encoded).await.unwrap(), Check::Known);
+                assert_eq!(v.check(7, &expected, encoded).await.unwrap(), Check::Known);
                 (encoded, Instant::now())
             }));
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -155,6 +222,55 @@ mod tests {
             done.push(t.await.unwrap());
         }
         done
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_id_the_registry_gives_another_schema_is_not_known() {
+        let other = r#"{"type":"record","name":"Other","fields":[]}"#;
+        let (url, _) = registry_of(other).await;
+        let verifier = Verifier::with_gap(&url, Duration::from_millis(1));
+        let lead = canonical(LEAD);
+        assert_eq!(
+            verifier.check(7, &lead, Instant::now()).await.unwrap(),
+            Check::Other
+        );
+        // A lookup that already covers the record answers the same without asking again.
+        assert_eq!(
+            verifier
+                .check(7, &lead, Instant::now() - Duration::from_secs(1))
+                .await
+                .unwrap(),
+            Check::Other
+        );
+        assert_eq!(
+            verifier
+                .check(7, &canonical(other), Instant::now())
+                .await
+                .unwrap(),
+            Check::Known
+        );
+        // The same schema written differently (field order of the JSON object, a doc) is the
+        // same schema.
+        let (url, _) = registry_of(
+            r#"{"fields":[{"type":"string","name":"id"}],"doc":"a lead","name":"Lead","type":"record"}"#,
+        )
+        .await;
+        assert_eq!(
+            Verifier::new(&url)
+                .check(7, &lead, Instant::now())
+                .await
+                .unwrap(),
+            Check::Known
+        );
+        // Not Avro: another schema.
+        let (url, _) = registry_of("not a schema").await;
+        assert_eq!(
+            Verifier::new(&url)
+                .check(7, &lead, Instant::now())
+                .await
+                .unwrap(),
+            Check::Other
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

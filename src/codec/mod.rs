@@ -23,9 +23,13 @@
 //!   Each writer schema id gets one strict [`DatumReader`] ([`datum`]).
 //! - Schemas come from `.avsc` files parsed with apache-avro before they are ever sent anywhere.
 //! - A codec made with [`AvroCodec::verifying`] (ingest's) returns bytes only once the registry
-//!   confirmed their schema id after they were encoded ([`ids`]); an id the registry lost is
-//!   dropped from the cache and the schema registered again, so nothing is acknowledged that no
-//!   consumer could decode.
+//!   confirmed, after they were encoded, that it gives their schema id to their schema ([`ids`]);
+//!   an id the registry lost or gave another schema is dropped from the cache and the schema
+//!   registered again, so nothing is acknowledged that no consumer could decode, or would decode
+//!   as something else. [`AvroCodec::confirm`] checks a stage's batch the same way, against the
+//!   schema the codec last learnt each id for: an id learnt anew follows a failed confirmation,
+//!   whose batch and the one after it are redone (crate::stage), so a committed batch was
+//!   encoded under the ids as last learnt.
 
 pub mod catalog;
 pub mod datum;
@@ -105,6 +109,8 @@ pub struct RecordSchema {
     /// Shared by the schema's clones: [`AvroCodec`] keys its encodings by this allocation.
     json: Arc<str>,
     parsed: apache_avro::Schema,
+    /// Its Avro parsing canonical form: what the registry must give for the schema's id.
+    canonical: Arc<str>,
 }
 
 impl RecordSchema {
@@ -122,6 +128,7 @@ impl RecordSchema {
         Ok(RecordSchema {
             full_name,
             json: Arc::from(json),
+            canonical: parsed.canonical_form().into(),
             parsed,
         })
     }
@@ -314,6 +321,10 @@ pub struct AvroCodec {
     /// `verify_each`), or a batch's before it is committed ([`AvroCodec::confirm`]).
     verifier: ids::Verifier,
     verify_each: bool,
+    /// The canonical form of the schema each id was learnt for since the last failed
+    /// [`AvroCodec::confirm`]; `None` for an id learnt for two schemas (the registry gave it to
+    /// another one meanwhile).
+    learnt: Mutex<HashMap<u32, Option<Arc<str>>>>,
 }
 
 impl AvroCodec {
@@ -334,6 +345,7 @@ impl AvroCodec {
             auto_register: settings.auto_register,
             verifier: ids::Verifier::new(&settings.url),
             verify_each: false,
+            learnt: Mutex::new(HashMap::new()),
         })
     }
 
@@ -347,25 +359,39 @@ impl AvroCodec {
         })
     }
 
-    /// Confirms that the registry still has every schema id in `ids`, by lookups that start now
-    /// (one per id). For a stage that encodes a batch with cached ids and must not commit records
-    /// nobody could decode: an id the registry lost makes this codec forget its encoders, so the
-    /// batch encoded again registers the schema again, and the error is retriable.
+    /// Confirms that the registry still gives every schema id in `ids` to the schema this codec
+    /// encoded with under it, by lookups that start now (one per id). For a stage that encodes a
+    /// batch with cached ids and must not commit records nobody could decode, or would decode as
+    /// something else: an id the registry lost or gave another schema makes this codec forget
+    /// its encoders and the ids it learnt, so the batch encoded again registers its schemas
+    /// again, and the error is retriable. An id this codec did not learn, or learnt for two
+    /// schemas, fails the same way.
     pub async fn confirm(&self, ids: impl IntoIterator<Item = u32>) -> Result<(), CodecError> {
         let at = tokio::time::Instant::now();
         for id in ids {
-            if self.verifier.check(id, at).await? == ids::Check::Gone {
+            let check = match self.learnt_for(id) {
+                Some(expected) => self.verifier.check(id, &expected, at).await?,
+                None => ids::Check::Other,
+            };
+            if check != ids::Check::Known {
                 tracing::warn!(
                     schema_id = id,
-                    "the schema registry no longer has a schema id this batch was encoded with; encoding it again"
+                    registry = ?check,
+                    "the schema registry no longer gives a schema id this batch was encoded with to its schema; encoding it again"
                 );
                 self.encoders
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .clear();
+                self.learnt
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clear();
                 return Err(CodecError::Encode {
                     subject: format!("schema id {id}"),
-                    reason: "the registry no longer has it; the records are encoded again".into(),
+                    reason: format!(
+                        "the registry no longer gives it to the schema it was encoded with ({check:?}); the records are encoded again"
+                    ),
                     retriable: true,
                 });
             }
@@ -426,29 +452,50 @@ impl AvroCodec {
         if !self.verify_each {
             return self.encode_once(topic, schema, body).await;
         }
-        let verifier = &self.verifier;
         let bytes = self.encode_once(topic, schema, body).await?;
         let (id, _) = split_wire_format(&bytes)?;
-        if verifier.check(id, tokio::time::Instant::now()).await? == ids::Check::Known {
+        let check = self.check_now(id, schema).await?;
+        if check == ids::Check::Known {
             return Ok(bytes);
         }
-        // The registry lost the id this encoder cached: register the schema again.
-        tracing::warn!(subject = %schema.subject(topic), schema_id = id,
-            "the schema registry no longer has this schema id; registering the schema again");
+        // The registry lost the id this encoder cached, or gave it another schema: register the
+        // schema again.
+        tracing::warn!(subject = %schema.subject(topic), schema_id = id, registry = ?check,
+            "the schema registry no longer gives this schema id to the schema; registering the schema again");
         self.encoders
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&SchemaKey::of(schema));
         let bytes = self.encode_once(topic, schema, body).await?;
         let (id, _) = split_wire_format(&bytes)?;
-        match verifier.check(id, tokio::time::Instant::now()).await? {
+        match self.check_now(id, schema).await? {
             ids::Check::Known => Ok(bytes),
-            ids::Check::Gone => Err(CodecError::Encode {
+            ids::Check::Gone | ids::Check::Other => Err(CodecError::Encode {
                 subject: schema.subject(topic),
-                reason: format!("the registry gave schema id {id} and then did not know it"),
+                reason: format!(
+                    "the registry gave schema id {id} and then did not give it to the schema"
+                ),
                 retriable: true,
             }),
         }
+    }
+
+    /// The canonical form of the one schema this codec learnt `id` for.
+    fn learnt_for(&self, id: u32) -> Option<Arc<str>> {
+        self.learnt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+            .flatten()
+    }
+
+    /// Checks `id`, which this codec just encoded a record of `schema` with, by a lookup that
+    /// starts now.
+    async fn check_now(&self, id: u32, schema: &RecordSchema) -> Result<ids::Check, CodecError> {
+        self.verifier
+            .check(id, &schema.canonical, tokio::time::Instant::now())
+            .await
     }
 
     /// One encode with the cached (or newly registered) schema id.
@@ -506,6 +553,16 @@ impl AvroCodec {
                 }
             })?;
         let (id, _) = split_wire_format(&bytes)?;
+        self.learnt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .and_modify(|was| {
+                if was.as_ref().is_some_and(|c| *c != schema.canonical) {
+                    *was = None;
+                }
+            })
+            .or_insert_with(|| Some(Arc::clone(&schema.canonical)));
         encoding
             .ids
             .lock()
