@@ -196,17 +196,23 @@ impl Drop for Forgetful {
     }
 }
 
+/// Settings that point at a forgetful registry of the test's own (`tag` names its directory).
+fn with_forgetful_registry(tag: &str) -> (onceflow::config::Settings, Forgetful) {
+    let mut s = common::settings();
+    let dir = std::env::temp_dir().join(format!("onceflow-registry-{tag}-{}", s.namespace));
+    std::fs::create_dir_all(&dir).unwrap();
+    let registry = Forgetful::start(common::free_port(), &dir);
+    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
+    (s, registry)
+}
+
 /// A registry that lost its schemas (restarted on memory storage) leaves the ids a codec cached
 /// dangling. Ingest's verifying codec notices before the bytes leave it, registers the schema
 /// again and encodes with an id the registry has: the record decodes. A plain codec keeps
 /// writing the lost id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifying_codec_registers_again_a_schema_the_registry_lost() {
-    let mut s = common::settings();
-    let dir = std::env::temp_dir().join(format!("onceflow-registry-{}", s.namespace));
-    std::fs::create_dir_all(&dir).unwrap();
-    let registry = Forgetful::start(common::free_port(), &dir);
-    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
+    let (s, registry) = with_forgetful_registry("c");
     let schema = lead_v1();
     let topic = &s.topics.inputs[0];
     let codec = AvroCodec::verifying(&s.registry).unwrap();
@@ -251,40 +257,33 @@ async fn a_verifying_codec_registers_again_a_schema_the_registry_lost() {
     drop(registry);
 }
 
+/// The schema id of wire-format bytes.
+fn schema_id(bytes: &[u8]) -> u32 {
+    u32::from_be_bytes(bytes[1..5].try_into().unwrap())
+}
+
 /// The same with a restarted registry that gave the lost id to an unrelated schema: the id
 /// exists, but the verifying codec compares the registry's schema under it with the record's,
 /// registers the schema again and encodes with an id that decodes as the record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_verifying_codec_never_encodes_under_an_id_the_registry_gave_another_schema() {
-    let mut s = common::settings();
-    let dir = std::env::temp_dir().join(format!("onceflow-registry-v-{}", s.namespace));
-    std::fs::create_dir_all(&dir).unwrap();
-    let registry = Forgetful::start(common::free_port(), &dir);
-    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
-    let schema = lead_v1();
-    let topic = &s.topics.inputs[0];
+    let (s, registry) = with_forgetful_registry("v");
     let codec = AvroCodec::verifying(&s.registry).unwrap();
-    let id = |b: &[u8]| u32::from_be_bytes(b[1..5].try_into().unwrap());
-    let first = codec
-        .encode(topic, &schema, common::lead_v1_value())
-        .await
-        .unwrap();
+    let schema = lead_v1();
+    let lead = || codec.encode(&s.topics.inputs[0], &schema, common::lead_v1_value());
+    let first = schema_id(&lead().await.unwrap());
 
     let registry = registry.restart();
     register_others(&s.registry.url, 0, 3).await;
-    let other = registry_gives(&s, id(&first)).await.unwrap();
+    let other = registry_gives(&s, first).await.unwrap();
     assert!(other.starts_with("Other"), "the id names {other}");
-    let again = codec
-        .encode(topic, &schema, common::lead_v1_value())
-        .await
-        .unwrap();
-    assert_ne!(id(&again), id(&first));
-    let decoded = AvroCodec::new(&s.registry)
-        .unwrap()
-        .decode(&again)
-        .await
-        .unwrap();
-    assert_eq!(decoded.record_name.as_deref(), Some(schema.full_name()));
+    let again = lead().await.unwrap();
+    assert_ne!(schema_id(&again), first);
+    let decoded = AvroCodec::new(&s.registry).unwrap().decode(&again).await;
+    assert_eq!(
+        decoded.unwrap().record_name.as_deref(),
+        Some(schema.full_name())
+    );
     drop(registry);
 }
 
@@ -324,12 +323,8 @@ async fn processor_across_a_registry_restart(
     Vec<common::RawRec>,
     u32,
 ) {
-    let mut s = common::settings();
+    let (mut s, registry) = with_forgetful_registry(tag);
     s.processor.instance_id = tag.into();
-    let dir = std::env::temp_dir().join(format!("onceflow-registry-{tag}-{}", s.namespace));
-    std::fs::create_dir_all(&dir).unwrap();
-    let registry = Forgetful::start(common::free_port(), &dir);
-    s.registry.url = format!("http://127.0.0.1:{}", registry.port);
     register_others(&s.registry.url, 0, others_first).await;
     common::create_plan(&s).await;
     let names = onceflow::kafka::names::Names::new(&s);
@@ -352,7 +347,7 @@ async fn processor_across_a_registry_restart(
     common::await_caught_up(&s, &group, &s.topics.inputs, limit).await;
     let before = read(&s).await.unwrap();
     assert_eq!(before.len(), 20);
-    let cached = u32::from_be_bytes(before[0].value[1..5].try_into().unwrap());
+    let cached = schema_id(&before[0].value);
 
     // The registry forgets everything; others register first; the producer registers the event
     // schema again.
@@ -429,9 +424,7 @@ async fn a_running_processor_never_commits_a_command_under_an_id_the_registry_ga
     let other = registry_gives(&s, cached).await.unwrap();
     assert!(other.starts_with("Other"), "the id names {other}");
     assert!(
-        after
-            .iter()
-            .all(|r| u32::from_be_bytes(r.value[1..5].try_into().unwrap()) != cached),
+        after.iter().all(|r| schema_id(&r.value) != cached),
         "a command was committed under the id {cached} the registry gave another schema"
     );
     assert_commands_decode(&s, &after).await;
