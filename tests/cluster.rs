@@ -398,9 +398,10 @@ async fn a_transaction_commits_through_the_kill_of_its_coordinator_on_a_replicat
     stack(&["kill-broker", &victim.to_string()]);
 
     // librdkafka carries the transaction over to the new coordinator and the partition over to its
-    // new leader. It may still fail the transaction as abortable (a produce request answered out
-    // of sequence during the failover makes it bump the producer's epoch, KIP-360): then, as a
-    // stage does with its batch, the test aborts and redoes the whole transaction, once.
+    // new leader. It may still fail the transaction as abortable (one CI run saw a purged
+    // delivery; an out-of-sequence answer during a failover, for one, makes librdkafka bump the
+    // producer's epoch, KIP-360): then, as a stage does with its batch, the test aborts and
+    // redoes the whole transaction, once. The log above says why when the redo fails too.
     let mut attempts = 1;
     let mut outcome = match send_batch(&tx, &outbox, "after").await {
         Ok(()) => tx.commit().await,

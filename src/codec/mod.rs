@@ -27,9 +27,9 @@
 //!   an id the registry lost or gave another schema is dropped from the cache and the schema
 //!   registered again, so nothing is acknowledged that no consumer could decode, or would decode
 //!   as something else. [`AvroCodec::confirm`] checks a stage's batch the same way, against the
-//!   schema the codec last learnt each id for: an id learnt anew follows a failed confirmation,
-//!   whose batch and the one after it are redone (crate::stage), so a committed batch was
-//!   encoded under the ids as last learnt.
+//!   schema the codec learnt each id for since its last failed confirmation; an id it learnt for
+//!   two schemas meanwhile fails the confirmation, and a failed one forgets the encoders and the
+//!   learnt ids together, so the batch redone learns them afresh.
 
 pub mod catalog;
 pub mod datum;
