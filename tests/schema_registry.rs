@@ -287,6 +287,54 @@ async fn a_verifying_codec_never_encodes_under_an_id_the_registry_gave_another_s
     drop(registry);
 }
 
+/// A stage confirms its batches one after the other, and each confirmation looks the ids up at
+/// once: the gap that spaces ingest's per-record lookups would hold every transaction back by up
+/// to [`MIN_GAP`] (bench/DELIVERY.md). Ingest's verifying codec keeps the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_s_codec_confirms_batch_after_batch_without_waiting_for_a_gap() {
+    use onceflow::codec::ids::MIN_GAP;
+    let s = common::settings();
+    let schema = lead_v1();
+    let topic = &s.topics.inputs[0];
+    const BATCHES: u32 = 11;
+    // The time BATCHES confirmations (or encodes) one after the other take.
+    async fn in_a_row<F: std::future::Future<Output = ()>>(
+        mut each: impl FnMut() -> F,
+    ) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        for _ in 0..BATCHES {
+            each().await;
+        }
+        started.elapsed()
+    }
+    let stage = AvroCodec::new(&s.registry).unwrap();
+    let id = schema_id(
+        &stage
+            .encode(topic, &schema, common::lead_v1_value())
+            .await
+            .unwrap(),
+    );
+    let stage_took = in_a_row(|| async { stage.confirm([id]).await.unwrap() }).await;
+    // Spaced by the gap, they would take (BATCHES - 1) gaps at least.
+    let spaced = MIN_GAP * (BATCHES - 1);
+    assert!(
+        stage_took < spaced,
+        "{BATCHES} confirmations took {stage_took:?}"
+    );
+    let ingest = AvroCodec::verifying(&s.registry).unwrap();
+    let ingest_took = in_a_row(|| async {
+        ingest
+            .encode(topic, &schema, common::lead_v1_value())
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(
+        ingest_took >= spaced,
+        "{BATCHES} verified encodes took {ingest_took:?}"
+    );
+}
+
 /// Registers `n` unrelated schemas (`Other{from}`, …), so that the ids registered after them start
 /// past them.
 async fn register_others(url: &str, from: usize, n: usize) {

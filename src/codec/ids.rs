@@ -9,11 +9,16 @@
 //! - One lookup in flight per id. Concurrent checks queue behind it and a lookup covers every
 //!   record encoded before it started, so the registry sees at most one request per id at a time
 //!   however many records wait, and each record waits at most two lookups.
-//! - Lookups of one id start at least [`MIN_GAP`] apart: under load a record waits up to that
-//!   much longer, and one lookup covers every record encoded in the gap. Back to back, the lookups
-//!   of an intake at 2 000 requests/s kept the registry and its database at a third of a core of
-//!   this 2-core machine, and every stage waited for CPU (bench/DELIVERY.md). A lone request
-//!   after a quiet spell does not wait.
+//! - A verifier of every record ([`Verifier::new`], ingest's) starts the lookups of one id at
+//!   least [`MIN_GAP`] apart: under load a record waits up to that much longer, and one lookup
+//!   covers every record encoded in the gap. Back to back, the lookups of an intake at 2 000
+//!   requests/s kept the registry and its database at a third of a core of this 2-core machine,
+//!   and every stage waited for CPU (bench/DELIVERY.md). A lone request after a quiet spell does
+//!   not wait.
+//! - A verifier of batches ([`Verifier::per_batch`], a stage's) waits no gap: a stage confirms a
+//!   batch once, one transaction at a time, so its lookups are no more than its transactions,
+//!   and a gap would only hold each transaction back (it held the processor's for about 15 ms
+//!   each; bench/DELIVERY.md).
 //! - An id is [`Check::Known`] only if the registry's schema under it has the canonical form of
 //!   the record's schema; one it cannot parse as Avro counts as another schema.
 
@@ -92,9 +97,15 @@ impl Answer {
 }
 
 impl Verifier {
-    /// A verifier for the registry at `url`.
+    /// A verifier of every record, for the registry at `url`: lookups of one id start at least
+    /// [`MIN_GAP`] apart.
     pub fn new(url: &str) -> Verifier {
         Verifier::with_gap(url, MIN_GAP)
+    }
+
+    /// A verifier of batches, one at a time, for the registry at `url`: no gap between lookups.
+    pub fn per_batch(url: &str) -> Verifier {
+        Verifier::with_gap(url, Duration::ZERO)
     }
 
     /// A verifier whose lookups of one id start at least `gap` apart.

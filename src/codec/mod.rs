@@ -328,8 +328,23 @@ pub struct AvroCodec {
 }
 
 impl AvroCodec {
-    /// A codec for the configured registry.
+    /// A codec for the configured registry; [`AvroCodec::confirm`] checks a batch's ids.
     pub fn new(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
+        AvroCodec::with_verifier(settings, ids::Verifier::per_batch(&settings.url), false)
+    }
+
+    /// A codec whose every encoded record's schema id is confirmed with the registry before the
+    /// bytes are returned (see the module invariants): ingest's, which acknowledges what it
+    /// writes.
+    pub fn verifying(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
+        AvroCodec::with_verifier(settings, ids::Verifier::new(&settings.url), true)
+    }
+
+    fn with_verifier(
+        settings: &RegistrySettings,
+        verifier: ids::Verifier,
+        verify_each: bool,
+    ) -> Result<AvroCodec, CodecError> {
         let sr = SrSettings::new_builder(settings.url.clone())
             .set_timeout(std::time::Duration::from_secs(10))
             .build()
@@ -343,19 +358,9 @@ impl AvroCodec {
             decoder: AvroDecoder::new(sr),
             readers: Mutex::new(HashMap::new()),
             auto_register: settings.auto_register,
-            verifier: ids::Verifier::new(&settings.url),
-            verify_each: false,
+            verifier,
+            verify_each,
             learnt: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// A codec whose every encoded record's schema id is confirmed with the registry before the
-    /// bytes are returned (see the module invariants): ingest's, which acknowledges what it
-    /// writes.
-    pub fn verifying(settings: &RegistrySettings) -> Result<AvroCodec, CodecError> {
-        Ok(AvroCodec {
-            verify_each: true,
-            ..AvroCodec::new(settings)?
         })
     }
 
