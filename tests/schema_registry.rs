@@ -314,8 +314,13 @@ async fn a_stage_s_codec_confirms_batch_after_batch_without_waiting_for_a_gap() 
             .await
             .unwrap(),
     );
-    let stage_took = in_a_row(|| async { stage.confirm([id]).await.unwrap() }).await;
-    // Spaced by the gap, they would take (BATCHES - 1) gaps at least.
+    // The best of three rounds: a lookup slowed by a busy machine is not a gap.
+    let mut stage_took = std::time::Duration::MAX;
+    for _ in 0..3 {
+        let took = in_a_row(|| async { stage.confirm([id]).await.unwrap() }).await;
+        stage_took = stage_took.min(took);
+    }
+    // Spaced by the gap, they would take (BATCHES - 1) gaps at least, in every round.
     let spaced = MIN_GAP * (BATCHES - 1);
     assert!(
         stage_took < spaced,
