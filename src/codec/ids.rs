@@ -17,7 +17,7 @@
 //!   not wait.
 //! - A verifier of batches ([`Verifier::per_batch`], a stage's) waits no gap: a stage confirms a
 //!   batch once, one transaction at a time, so its lookups are no more than its transactions,
-//!   and a gap would only hold each transaction back (it held the processor's for about 15 ms
+//!   and a gap would only hold each transaction back (it held the processor's for about 12 ms
 //!   each; bench/DELIVERY.md).
 //! - An id is [`Check::Known`] only if the registry's schema under it has the canonical form of
 //!   the record's schema; one it cannot parse as Avro counts as another schema.
