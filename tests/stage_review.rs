@@ -465,27 +465,23 @@ async fn a_zombie_transaction_holding_the_last_stable_offset_delays_restore_and_
     .unwrap();
     zombie.begin().await.unwrap();
     let changelog = names.dedupe("analytics");
-    let pending = [
-        zombie
-            .send(
-                rdkafka::producer::FutureRecord::to(&changelog)
-                    .partition(0)
-                    .key("zombie-key")
-                    .payload("1"),
-            )
-            .unwrap(),
-        zombie
-            .send(
-                rdkafka::producer::FutureRecord::to(&s.topics.inputs[0])
-                    .partition(0)
-                    .key("zombie-key")
-                    .payload("not an event"),
-            )
-            .unwrap(),
-    ];
-    for d in pending {
-        d.await.unwrap().unwrap();
-    }
+    zombie
+        .send(
+            rdkafka::producer::FutureRecord::to(&changelog)
+                .partition(0)
+                .key("zombie-key")
+                .payload("1"),
+        )
+        .unwrap();
+    zombie
+        .send(
+            rdkafka::producer::FutureRecord::to(&s.topics.inputs[0])
+                .partition(0)
+                .key("zombie-key")
+                .payload("not an event"),
+        )
+        .unwrap();
+    zombie.delivered().await.unwrap();
     let opened = std::time::Instant::now();
     publish(&s, leads("Z", 30)).await;
 

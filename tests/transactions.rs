@@ -290,3 +290,50 @@ async fn a_second_producer_with_the_same_transactional_id_fences_the_first() {
     );
     common::cleanup(&s, &[&topic]).await;
 }
+
+/// `TxProducer::delivered` waits for the records of the open transaction only: an aborted
+/// transaction's records (purged while queued, or written and hidden) are not counted in the next
+/// one, and each record of the next is given where the log has it, in the order it was sent. The
+/// stage's store takes its changelog checkpoints from those positions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivered_gives_the_open_transaction_s_records_where_the_log_has_them() {
+    let s = common::settings();
+    let topic = common::topic(&s, "delivered", 2).await;
+    let tx_id = Names::new(&s).transactional_id("crm", Stage::Process, "delivered");
+    let tx = TxProducer::init(&s.kafka, "test", &tx_id).await.unwrap();
+
+    tx.begin().await.unwrap();
+    for i in 0..50 {
+        send(&tx, &topic, &format!("k{i}"), &format!("aborted-{i}"));
+    }
+    tx.abort().await.unwrap();
+
+    tx.begin().await.unwrap();
+    let sent: Vec<String> = (0..6).map(|i| format!("committed-{i}")).collect();
+    for (i, v) in sent.iter().enumerate() {
+        tx.send(
+            FutureRecord::to(&topic)
+                .partition((i % 2) as i32)
+                .key("k")
+                .payload(v),
+        )
+        .unwrap();
+    }
+    let at = tx.delivered().await.unwrap();
+    tx.commit().await.unwrap();
+
+    let (s2, t2) = (s.clone(), topic.clone());
+    let log = tokio::task::spawn_blocking(move || read_all(&s2, &t2, Isolation::ReadCommitted))
+        .await
+        .unwrap();
+    let where_the_log_has_them: Vec<(i32, i64)> = sent
+        .iter()
+        .map(|v| {
+            let r = log.iter().find(|r| &r.value == v).unwrap();
+            (r.partition, r.offset)
+        })
+        .collect();
+    assert_eq!(at, where_the_log_has_them);
+    assert_eq!(log.len(), sent.len());
+    common::cleanup(&s, &[&topic]).await;
+}

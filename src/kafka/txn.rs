@@ -14,9 +14,10 @@
 //! - Offsets sent with a transaction are the *next* offsets to read (last consumed + 1), per
 //!   partition, and carry the consumer's group metadata, so a zombie from an older generation is
 //!   fenced by the group coordinator (KIP-447).
-//! - Before a commit, the caller awaits every delivery of the transaction ([`await_deliveries`]).
+//! - Before a commit, the caller awaits every delivery of the transaction
+//!   ([`TxProducer::delivered`], counted by the producer's context, [`super::deliveries`]).
 //!   rdkafka's `commit_transaction` flushes first, and its flush waits for outstanding records by
-//!   polling a queue that the `FutureProducer`'s own thread drains, so with records still in
+//!   polling a queue that the producer's own polling thread drains, so with records still in
 //!   flight every commit stalls a full 100 ms poll interval; awaited deliveries leave nothing to
 //!   flush (and a failed delivery aborts the batch before the commit is even tried). A delivery
 //!   is reported before librdkafka releases its message, though, and a flush that finds one not
@@ -32,10 +33,15 @@ use std::time::Duration;
 use rdkafka::consumer::{Consumer, ConsumerGroupMetadata};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, FutureRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::deliveries::Deliveries;
 use crate::config::KafkaSettings;
+
+/// The librdkafka producer under a [`TxProducer`]: its polling thread reports deliveries to
+/// [`Deliveries`].
+pub type Inner = ThreadedProducer<Deliveries>;
 
 /// What to do about a failed transactional call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +122,7 @@ pub const STUCK_GRACE: Duration = Duration::from_secs(10);
 /// A transactional producer. Cheap to clone; clones share one librdkafka producer.
 #[derive(Clone)]
 pub struct TxProducer {
-    inner: Arc<FutureProducer>,
+    inner: Arc<Inner>,
     timeout: Duration,
 }
 
@@ -140,8 +146,9 @@ impl TxProducer {
         nice: i32,
     ) -> Result<TxProducer, TxError> {
         let config = super::client::transactional_producer(settings, role, transactional_id);
-        let producer: FutureProducer = crate::priority::lowered(nice, || config.create())
-            .map_err(|e| TxError::new("create producer", e))?;
+        let producer: Inner =
+            crate::priority::lowered(nice, || config.create_with_context(Deliveries::default()))
+                .map_err(|e| TxError::new("create producer", e))?;
         let p = TxProducer {
             inner: Arc::new(producer),
             timeout: settings.transaction_timeout,
@@ -153,7 +160,7 @@ impl TxProducer {
 
     async fn blocking<F>(&self, op: &'static str, f: F) -> Result<(), TxError>
     where
-        F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
+        F: FnOnce(&Inner, Duration) -> Result<(), KafkaError> + Send + 'static,
     {
         self.started(op, f).await
     }
@@ -167,7 +174,7 @@ impl TxProducer {
         f: F,
     ) -> impl std::future::Future<Output = Result<(), TxError>> + Send + 'static
     where
-        F: FnOnce(&FutureProducer, Duration) -> Result<(), KafkaError> + Send + 'static,
+        F: FnOnce(&Inner, Duration) -> Result<(), KafkaError> + Send + 'static,
     {
         let inner = Arc::clone(&self.inner);
         let timeout = self.timeout;
@@ -193,21 +200,44 @@ impl TxProducer {
         }
     }
 
-    /// Begins a transaction.
+    /// Begins a transaction (and a new count of deliveries).
     pub async fn begin(&self) -> Result<(), TxError> {
-        self.blocking("begin_transaction", |p, _| p.begin_transaction())
-            .await
+        self.blocking("begin_transaction", |p, _| {
+            p.begin_transaction()?;
+            p.context().begin();
+            Ok(())
+        })
+        .await
     }
 
-    /// Enqueues a record in the open transaction; `commit` waits for every enqueued record.
-    pub fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<DeliveryFuture, TxError>
+    /// Enqueues a record in the open transaction; [`TxProducer::delivered`] waits for every record
+    /// enqueued since `begin`, and `commit` flushes them too.
+    pub fn send<K, P>(&self, record: FutureRecord<'_, K, P>) -> Result<(), TxError>
     where
         K: rdkafka::message::ToBytes + ?Sized,
         P: rdkafka::message::ToBytes + ?Sized,
     {
+        let deliveries = self.inner.context();
+        let mut base = BaseRecord::with_opaque_to(record.topic, deliveries.next());
+        base.partition = record.partition;
+        base.payload = record.payload;
+        base.key = record.key;
+        base.timestamp = record.timestamp;
+        base.headers = record.headers;
+        self.inner.send(base).map_err(|(e, _)| {
+            deliveries.unsend();
+            TxError::new("send", e)
+        })
+    }
+
+    /// Waits for every record sent since `begin` to be acknowledged (see the module invariants);
+    /// the (partition, offset) each was written at, in the order they were sent.
+    pub async fn delivered(&self) -> Result<Vec<(i32, i64)>, TxError> {
         self.inner
-            .send_result(record)
-            .map_err(|(e, _)| TxError::new("send", e))
+            .context()
+            .all()
+            .await
+            .map_err(|e| TxError::new("delivery", e))
     }
 
     /// Adds the consumer's offsets to the open transaction. The call starts at once, so records
@@ -254,7 +284,7 @@ impl TxProducer {
     }
 
     /// The underlying producer, for calls this wrapper does not cover.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &Inner {
         &self.inner
     }
 }
@@ -266,31 +296,11 @@ pub const OUTQ_DRAIN: Duration = Duration::from_millis(100);
 /// Waits, at most [`OUTQ_DRAIN`], until librdkafka's out-queue is empty: the messages whose
 /// deliveries were awaited are released by the producer's polling thread right after their
 /// reports, and rdkafka's flush, finding one not yet released, would wait out a whole 100 ms poll.
-fn drain_outq(p: &FutureProducer) {
+fn drain_outq(p: &Inner) {
     let started = std::time::Instant::now();
     while p.in_flight_count() > 0 && started.elapsed() < OUTQ_DRAIN {
         std::thread::sleep(Duration::from_micros(200));
     }
-}
-
-/// Waits for every record of the open transaction to be acknowledged (see the module invariants);
-/// the (partition, offset) each was written at, in order.
-pub async fn await_deliveries(deliveries: Vec<DeliveryFuture>) -> Result<Vec<(i32, i64)>, TxError> {
-    let mut at = Vec::with_capacity(deliveries.len());
-    for d in deliveries {
-        match d.await {
-            Ok(Ok(delivery)) => at.push((delivery.partition, delivery.offset)),
-            Ok(Err((e, _))) => return Err(TxError::new("delivery", e)),
-            Err(_) => {
-                return Err(TxError {
-                    op: "delivery",
-                    kind: TxErrorKind::Abortable,
-                    source: KafkaError::Canceled,
-                });
-            }
-        }
-    }
-    Ok(at)
 }
 
 /// Tracks the next offset to commit per partition over a batch of consumed records.

@@ -36,7 +36,7 @@ use crate::config::Settings;
 use crate::kafka::client::{self, Isolation, StartAt};
 use crate::kafka::names::{Names, Stage};
 use crate::kafka::scan::Range;
-use crate::kafka::txn::{TxError, TxProducer, await_deliveries, group_metadata};
+use crate::kafka::txn::{TxError, TxProducer, group_metadata};
 use crate::model::event::now_ms;
 use crate::model::headers::{ErrorEnvelope, name};
 use crate::stage::fault::{FaultPlan, Point};
@@ -497,13 +497,12 @@ async fn execute(
             offsets.add_partition_offset(&summary.dlq, *p, Offset::Offset(*o))?;
         }
         tx.begin().await?;
-        let mut deliveries = Vec::with_capacity(outs.len());
         for o in &outs {
-            deliveries.push(tx.send(crate::stage::to_record(o))?);
+            tx.send(crate::stage::to_record(o))?;
         }
         let group_meta = group_metadata(&consumer)?;
         tx.send_offsets(offsets, group_meta).await?;
-        await_deliveries(deliveries).await?;
+        tx.delivered().await?;
         tx.commit().await?;
         summary.transactions += 1;
         for (outcome, n) in [("replayed", replayed.len()), ("skipped", skipped)] {

@@ -26,7 +26,7 @@ use super::precondition::Started;
 use super::{BatchError, SessionError};
 use crate::dedupe::{Change, DiskError, Entry, Store};
 use crate::kafka::names::{Names, Stage};
-use crate::kafka::txn::{TxError, TxErrorKind, TxProducer, await_deliveries, group_metadata};
+use crate::kafka::txn::{TxError, TxErrorKind, TxProducer, group_metadata};
 use crate::model::headers::{self, ErrorClass, ErrorEnvelope, Origin};
 use crate::retry::{Next, RetryPolicy};
 use crate::telemetry::metrics;
@@ -323,11 +323,10 @@ impl<E: Entry> BatchCx<'_, E> {
             let outs = changelog_outs(self.changelog, &changes);
             let attempt = async {
                 tx.begin().await?;
-                let mut deliveries = Vec::with_capacity(outs.len());
                 for o in &outs {
-                    deliveries.push(tx.send(to_record(o))?);
+                    tx.send(to_record(o))?;
                 }
-                let at = await_deliveries(deliveries).await?;
+                let at = tx.delivered().await?;
                 tx.commit().await.map(|()| at)
             };
             match attempt.await {
@@ -431,23 +430,13 @@ where
         // enqueued, rather than after them. A failed send still waits for that call, so that
         // the abort after it is the only transactional call in progress.
         let offsets_sent = tx.send_offsets(offsets, group);
-        let mut deliveries = Vec::with_capacity(outs.len());
-        let mut enqueued = Ok(());
-        for o in outs {
-            match tx.send(to_record(o)) {
-                Ok(d) => deliveries.push(d),
-                Err(e) => {
-                    enqueued = Err(e);
-                    break;
-                }
-            }
-        }
+        let enqueued = outs.iter().try_for_each(|o| tx.send(to_record(o)));
         phases[3] = t0.elapsed();
         let offsets_sent = offsets_sent.await;
         enqueued?;
         offsets_sent?;
         phases[1] = t0.elapsed();
-        let at = await_deliveries(deliveries).await;
+        let at = tx.delivered().await;
         phases[2] = t0.elapsed();
         at
     };
