@@ -218,7 +218,7 @@ async fn poison_pills_go_to_the_dlq_with_their_reason_while_the_good_records_aro
             "{what}: value byte-identical"
         );
         assert_eq!(
-            onceflow::model::headers::get(Some(headers), "test.what").as_deref(),
+            onceflow::model::headers::get(Some(headers), "test.what"),
             Some(what)
         );
     }
@@ -524,7 +524,7 @@ async fn retryable_failures_wait_their_tier_without_blocking_others_then_dead_le
     assert_eq!(count(name::ATTEMPT), 1, "one envelope, never accumulated");
     assert_eq!(count("traceparent"), 1);
     assert_eq!(
-        onceflow::model::headers::get(Some(headers), "traceparent").as_deref(),
+        onceflow::model::headers::get(Some(headers), "traceparent"),
         Some("00-abc-01")
     );
     common::cleanup_plan(&s).await;
@@ -711,7 +711,7 @@ async fn a_record_with_a_header_name_that_is_not_utf8_is_dead_lettered_not_a_cra
     assert_eq!(env.origin.offset, 1);
     assert_eq!(value, b"not an event either");
     assert_eq!(
-        onceflow::model::headers::get(Some(headers), "test.what").as_deref(),
+        onceflow::model::headers::get(Some(headers), "test.what"),
         Some("bad header"),
         "the readable headers are kept"
     );

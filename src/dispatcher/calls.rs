@@ -159,10 +159,15 @@ async fn one(call: &Call, env: &Env<'_>, resume_at: &Mutex<Option<i64>>) -> Outc
             "onceflow.deliver",
             trace::SpanKind::Client,
             call.parent.as_deref(),
-            vec![
-                trace::KeyValue::new("onceflow.adapter", name.to_string()),
-                trace::KeyValue::new("onceflow.command_id", call.command.meta.command_id.clone()),
-            ],
+            || {
+                vec![
+                    trace::KeyValue::new("onceflow.adapter", name.to_string()),
+                    trace::KeyValue::new(
+                        "onceflow.command_id",
+                        call.command.meta.command_id.clone(),
+                    ),
+                ]
+            },
         );
         let sent_with = Trace {
             command_id: &call.command.meta.command_id,

@@ -434,7 +434,7 @@ impl Deliver {
             hop: header(headers::name::HOP)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
-            traceparent: header(headers::name::TRACEPARENT),
+            traceparent: header(headers::name::TRACEPARENT).map(str::to_string),
             received_at: header(headers::name::EVENT_RECEIVED_AT).and_then(|v| v.parse().ok()),
             marked: false,
         }))

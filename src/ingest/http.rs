@@ -471,15 +471,12 @@ async fn accept(
     let given = headers
         .get(TRACEPARENT_HEADER)
         .and_then(|v| v.to_str().ok());
-    let mut span = trace::hop(
-        "onceflow.ingest",
-        trace::SpanKind::Server,
-        given,
+    let mut span = trace::hop("onceflow.ingest", trace::SpanKind::Server, given, || {
         vec![trace::KeyValue::new(
             "onceflow.source",
             source_name.to_string(),
-        )],
-    );
+        )]
+    });
     let context = context(headers, app.max_hops, &span)?;
     let json: Json = serde_json::from_slice(&raw)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", e.to_string()))?;

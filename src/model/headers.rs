@@ -227,8 +227,8 @@ pub fn trace_id(traceparent: &str) -> Option<&str> {
     (trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit())).then_some(trace)
 }
 
-/// The UTF-8 value of header `key`, if present.
-pub fn get<H: Headers>(headers: Option<&H>, key: &str) -> Option<String> {
+/// The UTF-8 value of header `key` (the last one of that name), if present.
+pub fn get<'h, H: Headers>(headers: Option<&'h H>, key: &str) -> Option<&'h str> {
     let headers = headers?;
     headers
         .iter()
@@ -236,7 +236,6 @@ pub fn get<H: Headers>(headers: Option<&H>, key: &str) -> Option<String> {
         .last()
         .and_then(|h| h.value)
         .and_then(|v| std::str::from_utf8(v).ok())
-        .map(str::to_string)
 }
 
 impl ErrorEnvelope {
@@ -276,25 +275,25 @@ impl ErrorEnvelope {
     /// Reads the envelope of a record, when it has a complete one.
     pub fn read<H: Headers>(headers: Option<&H>) -> Option<ErrorEnvelope> {
         let g = |k| get(headers, k);
-        let stage = match g(name::STAGE)?.as_str() {
+        let stage = match g(name::STAGE)? {
             "process" => Stage::Process,
             "deliver" => Stage::Deliver,
             _ => return None,
         };
         Some(ErrorEnvelope {
-            class: ErrorClass::parse(&g(name::ERROR_CLASS)?)?,
-            message: g(name::ERROR_MESSAGE).unwrap_or_default(),
+            class: ErrorClass::parse(g(name::ERROR_CLASS)?)?,
+            message: g(name::ERROR_MESSAGE).unwrap_or_default().to_string(),
             attempt: g(name::ATTEMPT)?.parse().ok()?,
             first_failed_at: g(name::FIRST_FAILED_AT)?.parse().ok()?,
             not_before: g(name::NOT_BEFORE)?.parse().ok()?,
             origin: Origin {
-                topic: g(name::ORIGIN_TOPIC)?,
+                topic: g(name::ORIGIN_TOPIC)?.to_string(),
                 partition: g(name::ORIGIN_PARTITION)?.parse().ok()?,
                 offset: g(name::ORIGIN_OFFSET)?.parse().ok()?,
             },
-            adapter: g(name::ADAPTER)?,
+            adapter: g(name::ADAPTER)?.to_string(),
             stage,
-            correlation_id: g(name::CORRELATION_ID),
+            correlation_id: g(name::CORRELATION_ID).map(str::to_string),
             http_status: g(name::HTTP_STATUS).and_then(|s| s.parse().ok()),
         })
     }
@@ -397,10 +396,7 @@ mod tests {
             "{keys:?}"
         );
         assert_eq!(keys.len(), 2 + name::ENVELOPE.len(), "{keys:?}");
-        assert_eq!(
-            get(Some(&hop2), "traceparent").as_deref(),
-            Some("00-abc-def-01")
-        );
+        assert_eq!(get(Some(&hop2), "traceparent"), Some("00-abc-def-01"));
         let binary = hop2
             .iter()
             .find(|h| h.key == "binary")

@@ -25,7 +25,7 @@
 
 mod parallel;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
@@ -166,20 +166,21 @@ impl Verdict {
 fn settle(verdicts: Vec<Verdict>, now: i64, adapter: &str) -> Handled<i64> {
     // First, borrowing the ids: which records repeat an event an earlier record of the batch
     // decided. foldhash: a batch holds at most `batch_max_records` ids, so keys chosen to collide
-    // could slow one batch, not the process.
-    let mut seen: HashMap<i32, HashSet<&str, foldhash::fast::RandomState>> = HashMap::new();
+    // could slow one batch, not the process. Sized for the batch at once: growing it was a tenth
+    // of this function.
+    let mut seen: HashSet<(i32, &str), foldhash::fast::RandomState> =
+        HashSet::with_capacity_and_hasher(verdicts.len(), Default::default());
     let repeats: Vec<bool> = verdicts
         .iter()
         .map(|verdict| {
-            let Some((partition, id)) = verdict.key() else {
+            let Some(key) = verdict.key() else {
                 return false;
             };
-            let ids = seen.entry(partition).or_default();
-            if ids.contains(id) {
+            if seen.contains(&key) {
                 return true;
             }
             if matches!(verdict, Verdict::Decided(_)) {
-                ids.insert(id);
+                seen.insert(key);
             }
             false
         })
@@ -368,11 +369,13 @@ impl Decide {
         let mut span = trace::hop(
             "onceflow.process",
             trace::SpanKind::Consumer,
-            parent.as_deref(),
-            vec![
-                trace::KeyValue::new("onceflow.adapter", self.adapter.name().to_string()),
-                trace::KeyValue::new("onceflow.event_id", event.meta.event_id.clone()),
-            ],
+            parent,
+            || {
+                vec![
+                    trace::KeyValue::new("onceflow.adapter", self.adapter.name().to_string()),
+                    trace::KeyValue::new("onceflow.event_id", event.meta.event_id.clone()),
+                ]
+            },
         );
         let commands = match self.adapter.decide(&event) {
             Ok(c) => c,
@@ -451,7 +454,7 @@ mod tests {
             event_id: id.into(),
             correlation_id: "corr".into(),
             outs: vec![out(&format!("command {id}"))],
-            span: trace::hop("test", trace::SpanKind::Consumer, None, vec![]),
+            span: trace::hop("test", trace::SpanKind::Consumer, None, Vec::new),
         }))
     }
 

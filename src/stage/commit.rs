@@ -249,10 +249,7 @@ impl<E: Entry> BatchCx<'_, E> {
             headers: Some(envelope.headers_for(m.headers())),
         };
         let traceparent = headers::get(m.headers(), headers::name::TRACEPARENT);
-        let trace_id = traceparent
-            .as_deref()
-            .and_then(headers::trace_id)
-            .unwrap_or("");
+        let trace_id = traceparent.and_then(headers::trace_id).unwrap_or("");
         match next {
             Next::Retry { tier, not_before } => {
                 tracing::debug!(adapter = self.adapter, stage = self.stage.as_str(), class = failure.class.as_str(),

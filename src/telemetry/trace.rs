@@ -125,12 +125,13 @@ pub struct Hop {
 }
 
 /// Starts the span of hop `name`, the child of `parent` (a `traceparent`; a new trace when it is
-/// missing or invalid).
+/// missing or invalid). Its `attributes` are built only when spans are exported: the processor
+/// starts a hop for every record.
 pub fn hop(
     name: &'static str,
     kind: SpanKind,
     parent: Option<&str>,
-    attributes: Vec<KeyValue>,
+    attributes: impl FnOnce() -> Vec<KeyValue>,
 ) -> Hop {
     let Some(tracer) = TRACER.get() else {
         return Hop {
@@ -145,7 +146,7 @@ pub fn hop(
     let span = tracer
         .span_builder(name)
         .with_kind(kind)
-        .with_attributes(attributes)
+        .with_attributes(attributes())
         .start_with_context(tracer, &cx);
     let sc = span.span_context();
     let traceparent = format!(
@@ -272,7 +273,7 @@ mod tests {
             "onceflow.test",
             SpanKind::Internal,
             Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
-            Vec::new(),
+            Vec::new,
         );
         assert!(
             hop.traceparent()
