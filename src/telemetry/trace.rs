@@ -268,6 +268,17 @@ mod tests {
     }
 
     #[test]
+    fn without_export_a_hop_does_not_build_its_attributes() {
+        let mut built = false;
+        let hop = hop("onceflow.test", SpanKind::Internal, None, || {
+            built = true;
+            vec![KeyValue::new("onceflow.test", "value")]
+        });
+        assert!(!built, "attributes are built only for an exported span");
+        assert!(hop.traceparent().starts_with("00-"));
+    }
+
+    #[test]
     fn without_export_a_hop_still_continues_the_trace() {
         let hop = hop(
             "onceflow.test",
