@@ -86,7 +86,7 @@ fn build(list: &[(Key, Val)]) -> OwnedHeaders {
 
 /// The envelope the headers hold, by the contract alone (last value of each name wins).
 fn expected(h: &OwnedHeaders) -> Option<ErrorEnvelope> {
-    let g = |k: &str| get(Some(h), k);
+    let g = |k: &str| get(Some(h), k).map(str::to_string);
     Some(ErrorEnvelope {
         class: ErrorClass::ALL
             .into_iter()
