@@ -14,9 +14,12 @@ use common::{
 };
 use onceflow::config::{AdapterSettings, SecretRef, Settings};
 use onceflow::dispatcher::Dispatcher;
+use onceflow::kafka::client::Isolation;
 use onceflow::kafka::names::{Names, Stage};
 use onceflow::model::headers::ErrorClass;
+use onceflow::model::headers::name;
 use onceflow::stage::Counts;
+use onceflow::stage::fault::{FaultPlan, Point};
 use onceflow_sandbox::{Faults, Provider, Sandbox, SandboxConfig};
 use tokio::sync::watch;
 
@@ -31,9 +34,13 @@ struct Running {
 
 impl Running {
     fn start(s: &Settings, adapter: &str) -> Running {
+        Running::with_fault(s, adapter, FaultPlan::default())
+    }
+
+    fn with_fault(s: &Settings, adapter: &str, fault: FaultPlan) -> Running {
         let config = s.adapters.get(adapter).cloned().unwrap_or_default();
         let a = onceflow::adapters::build(adapter, &config).unwrap();
-        let d = Dispatcher::new(s, a).unwrap();
+        let d = Dispatcher::new(s, a).unwrap().with_fault(fault);
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(async move { d.run(stopped).await.unwrap() });
         Running { stop, task }
@@ -163,6 +170,54 @@ async fn every_command_reaches_its_provider_once_with_a_receipt_and_a_refusal_la
         env.message
     );
     assert_eq!(env.stage, Stage::Deliver);
+    common::cleanup_plan(&s).await;
+}
+
+/// An aborted transaction's outputs are sent again, in place, in a fresh one (the calls are not
+/// made again), and with their headers: every attempt but the last gives the producer copies of
+/// the header lists (the last one moves them in).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_sent_again_after_an_aborted_transaction_keep_their_headers() {
+    let sb = sandbox(&[]).await;
+    let s = settings(sb.addr, &["billing"]).await;
+    let mut commands = decide(
+        &s,
+        "billing",
+        &(0..20).map(|i| invoice_event(i, "EUR")).collect::<Vec<_>>(),
+    );
+    commands[3]
+        .data
+        .insert("currency".into(), serde_json::json!("XTS"));
+    let trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    write_outbox(&s, &commands, &[("traceparent", trace)]).await;
+
+    let running = Running::with_fault(&s, "billing", FaultPlan::at(Point::AbortFirstAttempt, 1));
+    await_caught_up(&s, &group(&s, "billing"), &inputs(&s, "billing"), CATCH_UP).await;
+    let counts = running.stop().await;
+    assert_eq!(
+        (counts.tally.ok, counts.tally.dlq, counts.aborts),
+        (19, 1, 0),
+        "sent again in place, not redone: {counts:?}"
+    );
+    let effects = effects_per_command(&sb.sandbox, Provider::Billing);
+    assert_eq!(effects.len(), 19);
+    assert!(effects.values().all(|n| *n == 1), "{effects:?}");
+
+    let names = Names::new(&s);
+    let (s2, topic) = (s.clone(), names.results("billing"));
+    let results = tokio::task::spawn_blocking(move || {
+        common::read_all_bytes(&s2, &topic, Isolation::ReadCommitted)
+    })
+    .await
+    .unwrap();
+    assert_eq!(results.len(), 19);
+    for r in &results {
+        assert_eq!(r.header(name::TRACEPARENT), Some(trace), "{:?}", r.headers);
+    }
+    let dlq = envelopes(&s, &names.dlq("billing", Stage::Deliver));
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].1.class, ErrorClass::Permanent);
+    assert_eq!(dlq[0].1.http_status, Some(400));
     common::cleanup_plan(&s).await;
 }
 

@@ -576,7 +576,9 @@ async fn an_aborted_transaction_is_redone_from_the_committed_offsets() {
             .collect(),
     )
     .await;
-    let processor = crm(&s).with_fault(FaultPlan::at(Point::AbortBeforeCommit, 1));
+    // Only the first transaction of batch 1 is aborted: the processor does not send a batch's
+    // commands again in place (Work::commit_attempts is 1), it redoes the batch from its input.
+    let processor = crm(&s).with_fault(FaultPlan::at(Point::AbortFirstAttempt, 1));
     let running = Running::start(processor);
     await_caught_up(&s, &group(&s, "crm"), &s.topics.inputs, CATCH_UP).await;
     let counts = running.stop().await;

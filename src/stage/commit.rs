@@ -4,8 +4,10 @@
 //!
 //! Invariants:
 //! - Offsets and outputs of a batch are committed together or not at all; an abortable failure is
-//!   retried with the same outputs and offsets in a fresh transaction ([`COMMIT_ATTEMPTS`] in all)
-//!   before the batch is given up and redone.
+//!   retried with the same outputs and offsets in a fresh transaction (as many attempts as the
+//!   work asks for, [`COMMIT_ATTEMPTS`] by default) before the batch is given up and redone.
+//! - An attempt that cannot be followed by another (the last) moves the outputs' header lists into
+//!   the producer; every earlier one gives it copies, so that a retry sends the same headers.
 //! - Failed records keep their key, value bytes and own headers, carry one replaced error envelope
 //!   and go to the origin's partition number of the next retry tier or of the DLQ.
 
@@ -52,8 +54,27 @@ pub struct Out {
     pub headers: Option<OwnedHeaders>,
 }
 
-/// The producer record of `o`.
+/// The producer record of `o`, with a copy of its header list.
 pub fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let r = without_headers(o);
+    match &o.headers {
+        Some(h) => r.headers(h.clone()),
+        None => r,
+    }
+}
+
+/// The producer record of `o`, its header list moved out of `o` into the record: librdkafka
+/// takes a record's list over, so this spares a copy of it (and freeing the original) a record.
+fn moving_headers(o: &mut Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
+    let headers = o.headers.take();
+    let r = without_headers(o);
+    match headers {
+        Some(h) => r.headers(h),
+        None => r,
+    }
+}
+
+fn without_headers(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
     let mut r = FutureRecord::to(&o.topic);
     if let Some(p) = o.partition {
         r = r.partition(p);
@@ -63,9 +84,6 @@ pub fn to_record(o: &Out) -> FutureRecord<'_, Vec<u8>, Vec<u8>> {
     }
     if let Some(v) = &o.payload {
         r = r.payload(v);
-    }
-    if let Some(h) = &o.headers {
-        r = r.headers(h.clone());
     }
     r
 }
@@ -348,15 +366,17 @@ async fn abort_after(tx: &TxProducer, e: TxError) -> BatchError {
     }
 }
 
-/// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one;
-/// the (partition, offset) each of `outs` was written at in the committed transaction. The
+/// Writes `outs` and `offsets` in one transaction, retrying abortable failures with a fresh one up
+/// to `attempts` transactions in all; the (partition, offset) each of `outs` was written at in the
+/// committed transaction. The last attempt takes `outs`' header lists over. The
 /// transaction commits only once `precondition` held (it runs while the records are sent); one
 /// that failed aborts it, a transient failure of the batch.
 #[allow(clippy::too_many_arguments)] // one batch's parts
 pub(super) async fn transactional<C, X>(
     tx: &TxProducer,
     consumer: &C,
-    outs: &[Out],
+    outs: &mut [Out],
+    attempts: usize,
     offsets: &TopicPartitionList,
     mut precondition: Option<Started>,
     fault: &FaultPlan,
@@ -367,12 +387,14 @@ where
     X: rdkafka::consumer::ConsumerContext,
     C: Consumer<X>,
 {
+    let attempts = attempts.max(1);
     let mut last = String::new();
-    for attempt in 1..=COMMIT_ATTEMPTS {
+    for attempt in 1..=attempts {
         let sent = once(
             tx,
             consumer,
             outs,
+            (attempt, attempts),
             offsets.clone(),
             &mut precondition,
             fault,
@@ -382,7 +404,9 @@ where
         match sent.await {
             Ok(at) => return Ok(at),
             Err(BatchError::Aborted(e)) => {
-                warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
+                if attempt < attempts {
+                    warn!(attempt, error = %e, "transaction aborted; sending the batch's outputs again");
+                }
                 last = e;
             }
             Err(other) => return Err(other),
@@ -395,7 +419,8 @@ where
 async fn once<C, X>(
     tx: &TxProducer,
     consumer: &C,
-    outs: &[Out],
+    outs: &mut [Out],
+    (attempt, attempts): (usize, usize),
     offsets: TopicPartitionList,
     precondition: &mut Option<Started>,
     fault: &FaultPlan,
@@ -427,7 +452,11 @@ where
         // enqueued, rather than after them. A failed send still waits for that call, so that
         // the abort after it is the only transactional call in progress.
         let offsets_sent = tx.send_offsets(offsets, group);
-        let enqueued = outs.iter().try_for_each(|o| tx.send(to_record(o)));
+        // The last attempt's records take the header lists over: nothing sends them again.
+        let enqueued = match attempt == attempts {
+            true => outs.iter_mut().try_for_each(|o| tx.send(moving_headers(o))),
+            false => outs.iter().try_for_each(|o| tx.send(to_record(o))),
+        };
         phases[3] = t0.elapsed();
         let offsets_sent = offsets_sent.await;
         enqueued?;
@@ -453,11 +482,16 @@ where
     }
     let failed = match sent {
         Err(e) => e,
-        Ok(_) if fault.hit(Point::AbortBeforeCommit, batch_no) => TxError {
-            op: "injected fault",
-            kind: TxErrorKind::Abortable,
-            source: KafkaError::Canceled,
-        },
+        Ok(_)
+            if fault.hit(Point::AbortBeforeCommit, batch_no)
+                || (attempt == 1 && fault.hit(Point::AbortFirstAttempt, batch_no)) =>
+        {
+            TxError {
+                op: "injected fault",
+                kind: TxErrorKind::Abortable,
+                source: KafkaError::Canceled,
+            }
+        }
         Ok(at) => {
             let settled = settle(tx, fault.hit(Point::CommitTimesOut, batch_no), labels).await;
             debug!(

@@ -15,6 +15,10 @@
 //! fault that ends a session does not fire again in the next);
 //! - `abort_before_commit:N`: in batch N, the transaction is aborted as if the broker had said so,
 //!   and the batch is redone from the committed offsets;
+//! - `abort_first_attempt:N`: in batch N, only the first transaction is aborted so; a work that
+//!   sends its outputs again in a fresh one (the dispatcher,
+//!   [`Work::commit_attempts`](super::Work::commit_attempts)) commits them in the second, one that
+//!   does not (the processor) redoes the batch;
 //! - `commit_times_out:N`: in batch N, the first commit call answers "timed out, retry to resume"
 //!   (librdkafka's retriable answer when a commit outlasts the call's time-out) without calling
 //!   librdkafka: the outcome is unknown to the stage, as after a broker that stalled past the
@@ -38,6 +42,8 @@ pub enum Point {
     CrashAfterCommit,
     /// Before commit: abort the transaction instead.
     AbortBeforeCommit,
+    /// Before the first attempt's commit: abort that transaction instead.
+    AbortFirstAttempt,
     /// After the "attempting" marks were committed, before any call: crash.
     CrashAfterMarks,
     /// The commit call times out (its outcome unknown).
@@ -71,6 +77,7 @@ impl FaultPlan {
                 "crash_before_commit" => Point::CrashBeforeCommit,
                 "crash_after_commit" => Point::CrashAfterCommit,
                 "abort_before_commit" => Point::AbortBeforeCommit,
+                "abort_first_attempt" => Point::AbortFirstAttempt,
                 "crash_after_marks" => Point::CrashAfterMarks,
                 "commit_times_out" => Point::CommitTimesOut,
                 "send_offsets_hangs" => Point::SendOffsetsHangs,
@@ -100,6 +107,7 @@ impl FaultPlan {
         match self.fault {
             Some((
                 p @ (Point::AbortBeforeCommit
+                | Point::AbortFirstAttempt
                 | Point::CommitTimesOut
                 | Point::SendOffsetsHangs
                 | Point::TransactionDelayed),
@@ -131,6 +139,10 @@ mod tests {
             !abort.hit(Point::AbortBeforeCommit, 2),
             "the redone batch commits"
         );
+        let once = FaultPlan::at(Point::AbortFirstAttempt, 2);
+        assert!(once.hit(Point::AbortFirstAttempt, 2));
+        assert!(!once.hit(Point::AbortFirstAttempt, 3));
+        assert!(!once.hit(Point::AbortBeforeCommit, 2));
         assert!(!FaultPlan::default().hit(Point::CrashAfterCommit, 1));
     }
 }

@@ -27,11 +27,12 @@
 //!   newly owned partitions have their store restored from the changelog before any of their
 //!   records is handled.
 //! - An abortable error aborts the transaction and the same outputs and offsets are sent again in a
-//!   new one (a bounded number of times); only then is the batch rewound and redone. A stage whose
-//!   work had effects outside Kafka (the dispatcher's calls) therefore never redoes them because of
-//!   a transient commit failure. A fatal error (fenced by a newer instance, or a producer gone bad)
-//!   drops the producer and the consumer, and the loop rejoins with fresh ones; it never exits the
-//!   process (only a newer process of the same instance makes it stop, below).
+//!   new one (a bounded number of times, [`Work::commit_attempts`]); only then is the batch rewound
+//!   and redone. A stage whose work had effects outside Kafka (the dispatcher's calls) therefore
+//!   never redoes them because of a transient commit failure; the processor, whose work has none,
+//!   is redone from its input at the first abort. A fatal error (fenced by a newer instance, or a
+//!   producer gone bad) drops the producer and the consumer, and the loop rejoins with fresh ones;
+//!   it never exits the process (only a newer process of the same instance makes it stop, below).
 //! - A record on a retry topic that is not yet due pauses only its own partition (rewound to that
 //!   record) until its `not_before`; every other partition keeps flowing. A paused partition
 //!   that is revoked and later assigned again is resumed (librdkafka would keep it paused with
@@ -310,6 +311,15 @@ pub trait Work: Send + Sync + 'static {
     /// the producer to itself, and says no.
     fn overlaps_commit(&self) -> bool {
         true
+    }
+
+    /// How many transactions a batch's outputs are tried in, an abortable failure after another,
+    /// before the batch is rewound and handled again ([`COMMIT_ATTEMPTS`] by default). A work
+    /// whose outputs are cheap to make again and had no effect elsewhere may say 1: the batch is
+    /// then redone from its input at once, as Kafka Streams does, and its records' header lists
+    /// are moved into the producer rather than copied.
+    fn commit_attempts(&self) -> usize {
+        COMMIT_ATTEMPTS
     }
 
     /// Handles the due records of one batch, in order, outside any transaction. `cx` gives the

@@ -91,7 +91,8 @@ impl<E> InFlight<E> {
 async fn transaction(
     tx: TxProducer,
     consumer: Arc<StageConsumer>,
-    outs: Vec<Out>,
+    mut outs: Vec<Out>,
+    attempts: usize,
     offsets: TopicPartitionList,
     precondition: Option<Started>,
     fault: FaultPlan,
@@ -106,7 +107,8 @@ async fn transaction(
     let at = commit::transactional(
         &tx,
         consumer.as_ref(),
-        &outs,
+        &mut outs,
+        attempts,
         &offsets,
         precondition,
         &fault,
@@ -147,6 +149,7 @@ impl<W: Work> Session<'_, W> {
             tx.clone(),
             Arc::clone(&self.consumer),
             outs,
+            r.work.commit_attempts(),
             offsets,
             precondition,
             r.fault,
