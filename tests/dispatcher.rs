@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::{
     await_caught_up, create_plan, decide, envelopes, invoice_event, receipts, write_outbox,
 };
-use onceflow::config::{AdapterSettings, SecretRef, Settings};
+use onceflow::config::{AdapterSettings, InDoubt, SecretRef, Settings};
 use onceflow::dispatcher::Dispatcher;
 use onceflow::kafka::client::Isolation;
 use onceflow::kafka::names::{Names, Stage};
@@ -219,6 +219,99 @@ async fn outputs_sent_again_after_an_aborted_transaction_keep_their_headers() {
     assert_eq!(dlq[0].1.class, ErrorClass::Permanent);
     assert_eq!(dlq[0].1.http_status, Some(400));
     common::cleanup_plan(&s).await;
+}
+
+/// What a billing dispatcher made of 20 commands whose first batch had every one of its
+/// transactions aborted (all of its tries), under `in_doubt`.
+struct Redone {
+    counts: Counts,
+    effects: BTreeMap<String, usize>,
+    calls: Vec<onceflow_sandbox::Call>,
+    receipts: Vec<serde_json::Value>,
+    invoices: std::collections::HashSet<String>,
+    dlq: Vec<ErrorClass>,
+}
+
+async fn every_try_of_batch_1_aborted(in_doubt: InDoubt) -> Redone {
+    let sb = sandbox(&[]).await;
+    let mut s = settings(sb.addr, &["billing"]).await;
+    s.adapters.get_mut("billing").unwrap().in_doubt = Some(in_doubt);
+    let commands = decide(
+        &s,
+        "billing",
+        &(0..20).map(|i| invoice_event(i, "EUR")).collect::<Vec<_>>(),
+    );
+    write_outbox(&s, &commands, &[]).await;
+    let running = Running::with_fault(&s, "billing", FaultPlan::at(Point::AbortBeforeCommit, 1));
+    await_caught_up(&s, &group(&s, "billing"), &inputs(&s, "billing"), CATCH_UP).await;
+    let counts = running.stop().await;
+    let names = Names::new(&s);
+    let redone = Redone {
+        counts,
+        effects: effects_per_command(&sb.sandbox, Provider::Billing),
+        calls: sb.sandbox.calls(Provider::Billing),
+        receipts: receipts(&s, &names.results("billing")).await,
+        invoices: sb
+            .sandbox
+            .effects(Provider::Billing)
+            .into_iter()
+            .filter_map(|e| e.provider_id)
+            .collect(),
+        dlq: envelopes(&s, &names.dlq("billing", Stage::Deliver))
+            .into_iter()
+            .map(|(_, e)| e.class)
+            .collect(),
+    };
+    common::cleanup_plan(&s).await;
+    redone
+}
+
+/// A batch whose every transaction aborts is rewound and redone, and its commands, already
+/// called: billing's default (`park`) keeps "attempting" marks, finds them in doubt and
+/// dead-letters them for an operator without calling again; `resend` (no marks with keys) calls
+/// again with the same idempotency keys, the provider
+/// replays its first answers, and each command has one committed receipt naming the first
+/// call's invoice. Either way each command took effect once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_every_try_aborts_is_redone_and_finds_its_calls_in_doubt() {
+    let parked = every_try_of_batch_1_aborted(InDoubt::Park).await;
+    let c = &parked.counts;
+    assert_eq!(
+        (c.tally.ok, c.tally.in_doubt, c.tally.dlq, c.aborts),
+        (0, 20, 20, 1),
+        "batch 1 redone once after its tries, every command in doubt: {c:?}"
+    );
+    assert_eq!(parked.effects.len(), 20);
+    assert!(parked.effects.values().all(|n| *n == 1));
+    assert_eq!(
+        parked.calls.len(),
+        20,
+        "not called again: {:?}",
+        parked.calls
+    );
+    assert!(parked.receipts.is_empty(), "{:?}", parked.receipts);
+    assert_eq!(parked.dlq, vec![ErrorClass::InDoubt; 20]);
+
+    let resent = every_try_of_batch_1_aborted(InDoubt::Resend).await;
+    let c = &resent.counts;
+    assert_eq!(
+        (c.tally.ok, c.tally.in_doubt, c.tally.dlq, c.aborts),
+        (20, 0, 0, 1),
+        "without marks nothing is known in doubt: the calls are simply made again: {c:?}"
+    );
+    assert_eq!(resent.effects.len(), 20);
+    assert!(resent.effects.values().all(|n| *n == 1));
+    let outcomes: Vec<&str> = resent.calls.iter().map(|c| c.outcome.as_str()).collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == "ok").count(), 20);
+    assert_eq!(outcomes.iter().filter(|o| **o == "replayed").count(), 20);
+    assert_eq!(resent.receipts.len(), 20, "one committed receipt a command");
+    for r in &resent.receipts {
+        assert!(
+            resent.invoices.contains(r["provider_id"].as_str().unwrap()),
+            "{r}"
+        );
+    }
+    assert!(resent.dlq.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
