@@ -269,28 +269,31 @@ async fn every_try_of_batch_1_aborted(in_doubt: InDoubt) -> Redone {
 /// A batch whose every transaction aborts is rewound and redone, and its commands, already
 /// called: billing's default (`park`) keeps "attempting" marks, finds them in doubt and
 /// dead-letters them for an operator without calling again; `resend` (no marks with keys) calls
-/// again with the same idempotency keys, the provider
-/// replays its first answers, and each command has one committed receipt naming the first
-/// call's invoice. Either way each command took effect once.
+/// again with the same idempotency keys, the provider replays its first answers, and each command
+/// has one committed receipt naming the first call's invoice. Either way each command took
+/// effect once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_every_try_aborts_is_redone_and_finds_its_calls_in_doubt() {
+    // Batch 1 holds the commands fetched first (all of them, unless a partition's came late).
     let parked = every_try_of_batch_1_aborted(InDoubt::Park).await;
     let c = &parked.counts;
-    assert_eq!(
-        (c.tally.ok, c.tally.in_doubt, c.tally.dlq, c.aborts),
-        (0, 20, 20, 1),
-        "batch 1 redone once after its tries, every command in doubt: {c:?}"
-    );
+    assert_eq!(c.aborts, 1, "batch 1 redone once, after its tries: {c:?}");
+    assert!(c.tally.in_doubt >= 1, "{c:?}");
+    assert_eq!(c.tally.ok + c.tally.in_doubt, 20, "{c:?}");
+    assert_eq!(c.tally.dlq, c.tally.in_doubt, "{c:?}");
     assert_eq!(parked.effects.len(), 20);
     assert!(parked.effects.values().all(|n| *n == 1));
     assert_eq!(
         parked.calls.len(),
         20,
-        "not called again: {:?}",
+        "none called again: {:?}",
         parked.calls
     );
-    assert!(parked.receipts.is_empty(), "{:?}", parked.receipts);
-    assert_eq!(parked.dlq, vec![ErrorClass::InDoubt; 20]);
+    assert_eq!(parked.receipts.len() as u64, c.tally.ok);
+    assert_eq!(
+        parked.dlq,
+        vec![ErrorClass::InDoubt; c.tally.in_doubt as usize]
+    );
 
     let resent = every_try_of_batch_1_aborted(InDoubt::Resend).await;
     let c = &resent.counts;
@@ -301,9 +304,10 @@ async fn a_batch_whose_every_try_aborts_is_redone_and_finds_its_calls_in_doubt()
     );
     assert_eq!(resent.effects.len(), 20);
     assert!(resent.effects.values().all(|n| *n == 1));
-    let outcomes: Vec<&str> = resent.calls.iter().map(|c| c.outcome.as_str()).collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == "ok").count(), 20);
-    assert_eq!(outcomes.iter().filter(|o| **o == "replayed").count(), 20);
+    let outcome = |o: &str| resent.calls.iter().filter(|c| c.outcome == o).count();
+    assert_eq!(outcome("ok"), 20);
+    assert!(outcome("replayed") >= 1, "{:?}", resent.calls);
+    assert_eq!(resent.calls.len(), 20 + outcome("replayed"));
     assert_eq!(resent.receipts.len(), 20, "one committed receipt a command");
     for r in &resent.receipts {
         assert!(
