@@ -38,9 +38,10 @@ import org.apache.kafka.common.errors.GroupNotEmptyException;
  * {@code wait-lag} reads the input's earliest and end offsets once (the input is filled before),
  * prints {@code ready <epoch-ms> <total>} and then polls every INTERVAL_MS (default 200) with
  * {@code listConsumerGroupOffsets} (committed, stable offsets only: a transaction's offsets count
- * once it commits). It prints {@code first <epoch-ms> <committed>} when the group's first committed
- * offset appears and {@code done <epoch-ms> <committed>} when every partition's committed offset
- * has reached the end offset, then exits 0; {@code timeout <epoch-ms> <committed>} and exit 3 after
+ * once it commits). It prints {@code at <epoch-ms> <committed>} after every poll that found
+ * committed offsets (bench/ab reads rates from them), {@code first <epoch-ms> <committed>} when the
+ * group's first committed offset appears and {@code done <epoch-ms> <committed>} when every
+ * partition's committed offset has reached the end offset, then exits 0; {@code timeout <epoch-ms> <committed>} and exit 3 after
  * TIMEOUT_S (default 600). Progress goes to stderr every 5 s.
  */
 public final class Probe {
@@ -159,6 +160,9 @@ public final class Probe {
                     if (at < r[1]) {
                         complete = false;
                     }
+                }
+                if (!c.isEmpty()) {
+                    System.out.println("at " + now + " " + done);
                 }
                 if (!first && !c.isEmpty()) {
                     first = true;
