@@ -41,8 +41,8 @@ import org.apache.kafka.common.errors.GroupNotEmptyException;
  * once it commits). It prints {@code at <epoch-ms> <committed>} after every poll that found
  * committed offsets (bench/ab reads rates from them), {@code first <epoch-ms> <committed>} when the
  * group's first committed offset appears and {@code done <epoch-ms> <committed>} when every
- * partition's committed offset has reached the end offset, then exits 0; {@code timeout <epoch-ms> <committed>} and exit 3 after
- * TIMEOUT_S (default 600). Progress goes to stderr every 5 s.
+ * partition's committed offset has reached the end offset, then exits 0;
+ * {@code timeout <epoch-ms> <committed>} and exit 3 after TIMEOUT_S (default 600). Progress goes to stderr every 5 s.
  */
 public final class Probe {
     private Probe() {}
